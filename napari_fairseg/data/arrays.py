@@ -1,0 +1,298 @@
+"""Loading and saving the arrays of a case with their geometry.
+
+Images come back channel-first, ``(C, *spatial)`` float32; labels as ``(*spatial)`` int16
+class maps whose values are those named in ``Cohort.classes`` (FairSeg codes −1/−2 become
+rim = 1, cup = 2). NIfTI affines and voxel spacings (mm) are kept; 2D images get unit spacing.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from ..errors import InputDataError
+from .atomic import atomic_path
+from .manifest import KEY_SEP, Cohort, split_channels
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+IMAGE2D_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+#: Harvard-FairSeg mask codes → class values.
+FAIRSEG_MASK_CODES = {0: 0, -1: 1, -2: 2}
+#: Accepted npz keys, in order of preference (README and code disagree).
+NPZ_IMAGE_KEYS = {"slo": ("slo_fundus", "fundus_slo"), "oct": ("fundus_oct", "oct_fundus")}
+NPZ_LABEL_KEYS = {"slo": ("disc_cup_mask", "disc_cup", "slo_disc_cup"), "oct": ("oct_disc_cup",)}
+
+
+@dataclass
+class CaseData:
+    """The arrays of one case.
+
+    Attributes
+    ----------
+    case_id : str
+    image : numpy.ndarray
+        ``(C, *spatial)`` float32.
+    label : numpy.ndarray or None
+        ``(*spatial)`` int16 class map, or ``None`` for an unlabelled case.
+    affine : numpy.ndarray
+        ``(4, 4)`` voxel → world (mm) matrix; for 2D images ``diag(spacing, 1, 1)``.
+    spacing : tuple of float
+        Voxel size per spatial axis, in mm (pixels for 2D images).
+    """
+
+    case_id: str
+    image: np.ndarray
+    label: np.ndarray | None
+    affine: np.ndarray
+    spacing: tuple[float, ...]
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        return tuple(self.image.shape[1:])
+
+
+def is_nifti(path: str | Path) -> bool:
+    return str(path).lower().endswith(NIFTI_SUFFIXES)
+
+
+def strip_suffix(name: str) -> str:
+    """File name without its image suffix (``case.nii.gz`` → ``case``)."""
+    low = name.lower()
+    for suf in (*NIFTI_SUFFIXES, ".npz", *IMAGE2D_SUFFIXES):
+        if low.endswith(suf):
+            return name[: -len(suf)]
+    return name
+
+
+# --------------------------------------------------------------------------- raw readers
+def read_nifti(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``(data, affine)`` of a NIfTI file; a clear error if it is missing or corrupt."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputDataError(path, "file does not exist")
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)
+    except Exception as exc:  # nibabel raises many types for truncated / non-NIfTI files
+        raise InputDataError(path, f"not a readable NIfTI file ({type(exc).__name__}: {exc})") from exc
+    return data, np.asarray(img.affine, dtype=float)
+
+
+def read_image2d(path: str | Path) -> np.ndarray:
+    """Return a 2D image as ``(H, W)`` or ``(H, W, C)``."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputDataError(path, "file does not exist")
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im)
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise InputDataError(path, f"not a readable image ({exc})") from exc
+
+
+def read_npz_array(ref: str) -> np.ndarray:
+    """Read ``file.npz#key``; with no key, or a key that is absent, try the known aliases."""
+    path, _, key = ref.partition(KEY_SEP)
+    path = Path(path)
+    if not path.is_file():
+        raise InputDataError(path, "file does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            keys = list(data.keys())
+            if not key and len(keys) == 1:
+                key = keys[0]
+            if key not in keys:
+                group = next((g for g in (*NPZ_IMAGE_KEYS.values(), *NPZ_LABEL_KEYS.values()) if key in g), ())
+                alt = next((k for k in group if k in keys), None)
+                if alt is None:
+                    raise InputDataError(path, f"npz has no array {key!r} (it holds {keys})")
+                key = alt
+            return np.asarray(data[key])
+    except InputDataError:
+        raise
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise InputDataError(path, f"not a readable .npz file ({exc})") from exc
+
+
+# --------------------------------------------------------------------------- validation
+def _check_finite(arr: np.ndarray, source) -> None:
+    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+        n = int((~np.isfinite(arr)).sum())
+        raise InputDataError(source, f"image contains {n} NaN or infinite value(s)")
+
+
+def to_class_map(arr: np.ndarray, *, kind: str, classes: dict[str, tuple[int, ...]], source) -> np.ndarray:
+    """Validate a label / prediction array and return it as an int16 class map.
+
+    FairSeg masks may use the dataset's codes (0, −1 rim, −2 cup) or class indices (0, 1, 2);
+    2D image masks stored as 0/255 become 0/1. Anything else outside the declared class values
+    is an error that names the values found.
+    """
+    arr = np.asarray(arr)
+    if arr.dtype == bool:
+        arr = arr.astype(np.int16)
+    if np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all():
+            raise InputDataError(source, "label contains NaN or infinite values")
+        if not np.array_equal(arr, np.round(arr)):
+            raise InputDataError(source, "label is not integer-valued (probabilities? threshold them first)")
+    values = set(np.unique(arr).astype(int).tolist())
+    if kind in ("fairseg", "fairdomain"):
+        if values <= set(FAIRSEG_MASK_CODES) and values & {-1, -2}:
+            lut = np.zeros(3, dtype=np.int16)
+            lut[[-1, -2]] = [1, 2]
+            return lut[arr.astype(np.int64)]
+        if any(v < 0 for v in values) and any(v > 0 for v in values):
+            raise InputDataError(source, f"mask mixes FairSeg codes and class indices: values {sorted(values)}")
+    if kind == "image2d" and values <= {0, 255}:
+        return (arr == 255).astype(np.int16)
+    allowed = {0} | {v for vals in classes.values() for v in vals}
+    if not values <= allowed:
+        extra = sorted(values - allowed)
+        what = "non-binary mask" if allowed == {0, 1} else "unexpected label values"
+        raise InputDataError(source, f"{what}: values {extra} are not among the declared classes "
+                             f"{dict(classes)} (values found: {sorted(values)[:12]})")
+    return arr.astype(np.int16)
+
+
+# --------------------------------------------------------------------------- cases
+def _load_nifti_channels(refs: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    chans, affine, shape = [], None, None
+    for ref in refs:
+        data, aff = read_nifti(ref)
+        if data.ndim == 4 and len(refs) == 1:
+            data = np.moveaxis(data, -1, 0)  # (X, Y, Z, C) → (C, X, Y, Z)
+        elif data.ndim not in (2, 3):
+            raise InputDataError(ref, f"expected a 2D or 3D volume, got shape {data.shape}")
+        else:
+            data = data[None]
+        if shape is not None and data.shape[1:] != shape:
+            raise InputDataError(ref, f"channel shape {data.shape[1:]} differs from the first channel's {shape}")
+        if affine is not None and not np.allclose(aff, affine, atol=1e-3):
+            raise InputDataError(ref, "channel affine differs from the first channel's affine")
+        shape, affine = data.shape[1:], aff
+        chans.append(np.asarray(data, dtype=np.float32))
+    return np.concatenate(chans, axis=0), affine
+
+
+def _spacing_from_affine(affine: np.ndarray, ndim: int) -> tuple[float, ...]:
+    return tuple(float(s) for s in np.sqrt((affine[:3, :ndim] ** 2).sum(axis=0)))
+
+
+def load_image(cohort: Cohort, case_id: str) -> CaseData:
+    """Load a case's image (no label) with its geometry."""
+    row = cohort.row(case_id)
+    refs = split_channels(row["image"])
+    if cohort.kind in ("nifti", "mamamia"):
+        image, affine = _load_nifti_channels(refs)
+        spacing = _spacing_from_affine(affine, image.ndim - 1)
+    elif cohort.kind in ("fairseg", "fairdomain"):
+        image = np.stack([np.asarray(read_npz_array(r), dtype=np.float32) for r in refs])
+        if image.ndim == 4 and image.shape[0] == 1 and image.shape[-1] in (3, 4):
+            image = np.moveaxis(image[0], -1, 0)
+        spacing, affine = (1.0, 1.0), np.eye(4)
+    else:
+        arrs = [read_image2d(r) for r in refs]
+        arrs = [np.moveaxis(a, -1, 0) if a.ndim == 3 else a[None] for a in arrs]
+        image = np.concatenate(arrs).astype(np.float32)
+        spacing, affine = (1.0, 1.0), np.eye(4)
+    _check_finite(image, refs[0])
+    return CaseData(case_id, image, None, affine, spacing)
+
+
+def load_label_file(cohort: Cohort, ref: str, *, expect: CaseData | None = None) -> np.ndarray:
+    """Read a label or prediction file of this cohort's format as a class map.
+
+    With ``expect``, the shape (and for NIfTI the affine) must match that case's image.
+    """
+    if cohort.kind in ("nifti", "mamamia") or is_nifti(ref):
+        arr, aff = read_nifti(ref)
+        if expect is not None and arr.shape == expect.spatial_shape and not np.allclose(aff, expect.affine, atol=1e-3):
+            raise InputDataError(ref, "label affine differs from the image affine "
+                                 f"(image spacing {expect.spacing}); they do not describe the same space")
+    elif cohort.kind in ("fairseg", "fairdomain"):
+        arr = read_npz_array(ref)
+    else:
+        arr = read_image2d(ref)
+        if arr.ndim == 3:
+            arr = arr[..., 0]
+    if expect is not None and tuple(arr.shape) != expect.spatial_shape:
+        raise InputDataError(ref, f"label shape {tuple(arr.shape)} does not match image shape {expect.spatial_shape}")
+    return to_class_map(arr, kind=cohort.kind, classes=cohort.classes, source=ref)
+
+
+def load_case(cohort: Cohort, case_id: str) -> CaseData:
+    """Load a case's image and (if it has one) label, checked against each other."""
+    case = load_image(cohort, case_id)
+    ref = cohort.row(case_id)["label"]
+    if isinstance(ref, str) and ref:
+        case.label = load_label_file(cohort, ref, expect=case)
+    return case
+
+
+# --------------------------------------------------------------------------- predictions
+def prediction_path(cohort: Cohort, pred_dir: str | Path, case_id: str) -> Path:
+    """Where a prediction of ``case_id`` lives: ``<dir>/<case_id>`` + the cohort's suffix."""
+    pred_dir = Path(pred_dir)
+    if cohort.kind in ("fairseg", "fairdomain"):
+        return pred_dir / f"{case_id}.npz"
+    if cohort.kind == "image2d":
+        for suf in IMAGE2D_SUFFIXES:
+            if (pred_dir / f"{case_id}{suf}").is_file():
+                return pred_dir / f"{case_id}{suf}"
+        return pred_dir / f"{case_id}.png"
+    if (pred_dir / f"{case_id}.nii").is_file():
+        return pred_dir / f"{case_id}.nii"
+    return pred_dir / f"{case_id}.nii.gz"
+
+
+def label_key(cohort: Cohort, case_id: str) -> str:
+    """The npz key holding a case's mask (from its label or image reference)."""
+    row = cohort.row(case_id)
+    ref = row["label"] if isinstance(row["label"], str) else ""
+    if KEY_SEP in ref:
+        return ref.split(KEY_SEP, 1)[1]
+    image_key = str(row["image"]).split(KEY_SEP, 1)[-1]
+    return NPZ_LABEL_KEYS["oct" if "oct" in image_key else "slo"][0]
+
+
+def load_prediction(cohort: Cohort, pred_dir: str | Path, case: CaseData) -> np.ndarray:
+    """Load the prediction of ``case`` from ``pred_dir`` (see :func:`prediction_path`)."""
+    path = prediction_path(cohort, pred_dir, case.case_id)
+    if not path.is_file():
+        raise InputDataError(path, f"no prediction for case {case.case_id!r}")
+    ref = str(path)
+    if cohort.kind in ("fairseg", "fairdomain"):
+        ref += KEY_SEP + label_key(cohort, case.case_id)
+    return load_label_file(cohort, ref, expect=case)
+
+
+def save_label(cohort: Cohort, path: str | Path, label: np.ndarray, *, like: CaseData) -> Path:
+    """Write a class map in the cohort's format, atomically.
+
+    NIfTI gets ``like``'s affine; FairSeg npz uses the dataset's codes (rim −1, cup −2) under
+    the case's mask key; 2D images are written as 8-bit PNG.
+    """
+    label = np.asarray(label)
+    if tuple(label.shape) != like.spatial_shape:
+        raise InputDataError(path, f"label shape {label.shape} does not match image shape {like.spatial_shape}")
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        if cohort.kind in ("nifti", "mamamia"):
+            nib.save(nib.Nifti1Image(label.astype(np.uint8), like.affine), str(tmp))
+        elif cohort.kind in ("fairseg", "fairdomain"):
+            codes = np.zeros(label.shape, dtype=np.int8)
+            codes[label == 1], codes[label == 2] = -1, -2
+            with open(tmp, "wb") as fh:
+                np.savez_compressed(fh, **{label_key(cohort, like.case_id): codes})
+        else:
+            from PIL import Image
+
+            Image.fromarray(label.astype(np.uint8)).save(tmp, format="PNG")
+    return path

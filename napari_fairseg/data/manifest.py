@@ -1,0 +1,321 @@
+"""The cohort manifest: one row per case, plus what the cohort as a whole is.
+
+A manifest is a CSV with the columns ``case_id``, ``image``, ``label`` (optional),
+``split`` (optional) and one column per attribute, and a small JSON sidecar
+(``<name>.cohort.json``) with the cohort's kind, class definitions and reader notes.
+
+``image`` holds one path, several paths joined by ``;`` (channels, e.g. MAMA-MIA phases), or
+``file.npz#key`` for an array inside an ``.npz``. Paths are written relative to the manifest.
+Missing attribute values mean *unknown*.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from ..errors import InputDataError
+from .atomic import write_text_atomic
+
+RESERVED_COLUMNS = ("case_id", "image", "label", "split")
+#: Identifier columns kept in the manifest but never audited as attributes.
+ID_COLUMNS = ("pid", "patient_id")
+KINDS = ("nifti", "image2d", "fairseg", "fairdomain", "mamamia")
+SPLITS = ("train", "val", "test", "pool")
+CHANNEL_SEP = ";"
+KEY_SEP = "#"
+
+#: Class definitions by kind: class name -> label values that make up the class.
+FUNDUS_CLASSES = {"cup": (2,), "rim": (1,), "disc": (1, 2)}
+BINARY_CLASSES = {"foreground": (1,)}
+
+
+def default_classes(kind: str) -> dict[str, tuple[int, ...]]:
+    """Class definitions used when a cohort does not state its own."""
+    return dict(FUNDUS_CLASSES) if kind in ("fairseg", "fairdomain") else dict(BINARY_CLASSES)
+
+
+@dataclass
+class Cohort:
+    """A set of cases with their files, split and attributes.
+
+    Attributes
+    ----------
+    cases : pandas.DataFrame
+        One row per case: ``case_id``, ``image``, ``label``, ``split`` and attribute columns.
+        Paths are absolute.
+    kind : str
+        One of :data:`KINDS`; decides how files are read and how predictions are named.
+    classes : dict of str to tuple of int
+        Evaluated classes, each a set of label values (fundus: cup, rim, disc = rim ∪ cup).
+    name : str
+        Display name.
+    notes : list of str
+        What the reader detected or could not match (schemas, units, unmatched metadata).
+    """
+
+    cases: pd.DataFrame
+    kind: str
+    classes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    name: str = "cohort"
+    notes: list[str] = field(default_factory=list)
+    source: Path | None = None
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown cohort kind {self.kind!r}; expected one of {KINDS}")
+        self.classes = {str(k): tuple(int(v) for v in vals)
+                        for k, vals in (self.classes or default_classes(self.kind)).items()}
+        self.cases = validate_cases(self.cases, source=self.source)
+
+    @property
+    def attributes(self) -> list[str]:
+        """Attribute columns: every column that is neither reserved nor an identifier."""
+        return [c for c in self.cases.columns if c not in RESERVED_COLUMNS and c not in ID_COLUMNS]
+
+    @property
+    def case_ids(self) -> list[str]:
+        return self.cases["case_id"].tolist()
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def row(self, case_id: str) -> pd.Series:
+        """The manifest row of one case (exact id)."""
+        hit = self.cases.index[self.cases["case_id"] == case_id]
+        if len(hit) == 0:
+            raise KeyError(f"no case {case_id!r} in cohort {self.name!r}")
+        return self.cases.loc[hit[0]]
+
+    def missing_files(self) -> list[tuple[str, str]]:
+        """``(case_id, path)`` for every referenced file that does not exist."""
+        missing = []
+        for cid, img, lab in self.cases[["case_id", "image", "label"]].itertuples(index=False):
+            for ref in [*split_channels(img), *([lab] if isinstance(lab, str) and lab else [])]:
+                path = ref.split(KEY_SEP, 1)[0]
+                if not Path(path).is_file():
+                    missing.append((cid, path))
+        return missing
+
+    def check_files(self) -> None:
+        """Raise an :class:`InputDataError` listing missing files, if any."""
+        missing = self.missing_files()
+        if missing:
+            shown = "; ".join(f"{cid}: {p}" for cid, p in missing[:5])
+            more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
+            raise InputDataError(self.source, f"{len(missing)} referenced file(s) do not exist: {shown}{more}")
+
+
+def split_channels(image_ref: str) -> list[str]:
+    """The channel references of an ``image`` cell."""
+    return [p for p in str(image_ref).split(CHANNEL_SEP) if p]
+
+
+def validate_cases(cases: pd.DataFrame, *, source=None) -> pd.DataFrame:
+    """Check a case table and return a normalised copy.
+
+    Raises
+    ------
+    InputDataError
+        Missing ``case_id``/``image`` columns, empty or duplicate case ids (also ids equal up to
+        case, which a case-insensitive join could not tell apart), or an unknown split.
+    """
+    for col in ("case_id", "image"):
+        if col not in cases.columns:
+            raise InputDataError(source, f"the manifest has no {col!r} column (columns: {list(cases.columns)})")
+    df = cases.copy().reset_index(drop=True)
+    for col in ("label", "split"):
+        if col not in df.columns:
+            df[col] = pd.NA
+    df["case_id"] = df["case_id"].astype("string").str.strip()
+    if df["case_id"].isna().any() or (df["case_id"] == "").any():
+        rows = df.index[df["case_id"].isna() | (df["case_id"] == "")].tolist()
+        raise InputDataError(source, f"empty case_id in row(s) {[r + 2 for r in rows][:10]} (CSV line numbers)")
+    folded = df["case_id"].str.lower()
+    dup = folded[folded.duplicated(keep=False)]
+    if len(dup):
+        ids = sorted(df.loc[dup.index, "case_id"].unique())[:10]
+        raise InputDataError(source, f"duplicate case ids (compared ignoring case): {ids}")
+    if df["image"].isna().any():
+        ids = df.loc[df["image"].isna(), "case_id"].tolist()[:10]
+        raise InputDataError(source, f"case(s) with no image: {ids}")
+    split = df["split"].astype("string").str.strip().str.lower()
+    split = split.replace({"validation": "val", "training": "train", "testing": "test", "": pd.NA})
+    bad = split.dropna()[~split.dropna().isin(SPLITS)]
+    if len(bad):
+        raise InputDataError(source, f"unknown split value(s) {sorted(bad.unique())[:5]} "
+                             f"(expected one of {SPLITS}) for case(s) {df.loc[bad.index, 'case_id'].tolist()[:5]}")
+    df["split"] = split
+    df["label"] = df["label"].astype("string").replace({"": pd.NA})
+    df["image"] = df["image"].astype("string")
+    cols = [*RESERVED_COLUMNS, *[c for c in df.columns if c not in RESERVED_COLUMNS]]
+    return df[cols]
+
+
+def sidecar_path(manifest_csv: str | Path) -> Path:
+    p = Path(manifest_csv)
+    return p.with_name(p.stem + ".cohort.json")
+
+
+def _relativise(ref, base: Path):
+    if not isinstance(ref, str) or not ref:
+        return ref
+    out = []
+    for part in split_channels(ref):
+        path, _, key = part.partition(KEY_SEP)
+        try:
+            rel = Path(path).resolve().relative_to(base.resolve()).as_posix()
+        except ValueError:
+            rel = Path(path).resolve().as_posix()
+        out.append(rel + (KEY_SEP + key if key else ""))
+    return CHANNEL_SEP.join(out)
+
+
+def _absolutise(ref, base: Path):
+    if not isinstance(ref, str) or not ref:
+        return ref
+    out = []
+    for part in split_channels(ref):
+        path, _, key = part.partition(KEY_SEP)
+        p = Path(path)
+        out.append(str(p if p.is_absolute() else (base / p)) + (KEY_SEP + key if key else ""))
+    return CHANNEL_SEP.join(out)
+
+
+def write_manifest(cohort: Cohort, path: str | Path) -> Path:
+    """Write ``cohort`` as ``path`` (CSV, paths relative to it) and its JSON sidecar, atomically."""
+    path = Path(path)
+    base = path.parent
+    df = cohort.cases.copy()
+    for col in ("image", "label"):
+        df[col] = df[col].map(lambda r: _relativise(r, base) if isinstance(r, str) else r)
+    info = {
+        "format_version": 1,
+        "name": cohort.name,
+        "kind": cohort.kind,
+        "classes": {k: list(v) for k, v in cohort.classes.items()},
+        "attributes": cohort.attributes,
+        "notes": cohort.notes,
+    }
+    write_text_atomic(path, df.to_csv(index=False))
+    write_text_atomic(sidecar_path(path), json.dumps(info, indent=2) + "\n")
+    return path
+
+
+def infer_kind(cases: pd.DataFrame) -> str:
+    """Guess a cohort's kind from its first image reference (used without a sidecar)."""
+    first = split_channels(cases["image"].iloc[0])[0].lower() if len(cases) else ""
+    if ".npz" in first:
+        key = first.split(KEY_SEP, 1)[1] if KEY_SEP in first else ""
+        return "fairdomain" if "oct" in key else "fairseg"
+    if first.endswith((".nii", ".nii.gz")):
+        return "nifti"
+    return "image2d"
+
+
+def read_manifest(path: str | Path, *, check_files: bool = True) -> Cohort:
+    """Read a manifest CSV (and its sidecar, if present) into a :class:`Cohort`.
+
+    Raises
+    ------
+    InputDataError
+        The file is missing or not a readable CSV, a required column is missing, ids repeat,
+        or (with ``check_files``) a referenced file does not exist.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputDataError(path, "manifest file does not exist")
+    try:
+        df = pd.read_csv(path, dtype={"case_id": str, "image": str, "label": str, "split": str},
+                         keep_default_na=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise InputDataError(path, f"not a readable CSV manifest ({exc})") from exc
+    base = path.parent
+    for col in ("image", "label"):
+        if col in df.columns:
+            df[col] = df[col].map(lambda r: _absolutise(r, base))
+    info = {}
+    side = sidecar_path(path)
+    if side.is_file():
+        try:
+            info = json.loads(side.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise InputDataError(side, f"corrupt cohort sidecar ({exc})") from exc
+    if "case_id" in df.columns and "image" in df.columns and len(df) == 0:
+        raise InputDataError(path, "the manifest has no cases")
+    kind = info.get("kind") or (infer_kind(df) if "image" in df.columns else "nifti")
+    cohort = Cohort(cases=df, kind=kind, classes=info.get("classes") or {},
+                    name=info.get("name", path.stem), notes=list(info.get("notes", [])), source=path)
+    if check_files:
+        cohort.check_files()
+    return cohort
+
+
+def read_table(path: str | Path, *, sheet: str | int | None = None) -> pd.DataFrame:
+    """Read a metadata table (CSV, TSV or XLSX) with a clear error for bad files."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputDataError(path, "metadata table does not exist")
+    try:
+        if path.suffix.lower() in (".xlsx", ".xls"):
+            return pd.read_excel(path, sheet_name=sheet if sheet is not None else 0)
+        sep = "\t" if path.suffix.lower() == ".tsv" else ","
+        return pd.read_csv(path, sep=sep)
+    except ValueError as exc:  # bad sheet name, bad xlsx
+        raise InputDataError(path, f"cannot read metadata table: {exc}") from exc
+    except Exception as exc:  # zip / xml errors of a corrupt xlsx, CSV parser errors
+        raise InputDataError(path, f"cannot read metadata table: {exc}") from exc
+
+
+def id_column(table: pd.DataFrame, *, source=None, preferred=("case_id", "patient_id", "pid", "id")) -> str:
+    """The column of a metadata table that holds case ids."""
+    lower = {c.lower(): c for c in table.columns}
+    for name in preferred:
+        if name in lower:
+            return lower[name]
+    raise InputDataError(source, f"metadata table has no case id column (looked for {list(preferred)}; "
+                         f"columns: {list(table.columns)})")
+
+
+def join_metadata(cases: pd.DataFrame, table: pd.DataFrame, *, source=None, id_col: str | None = None
+                  ) -> tuple[pd.DataFrame, list[str]]:
+    """Join a metadata table onto cases by case id, ignoring case.
+
+    Returns the joined cases and notes about unmatched rows: metadata rows with no image and
+    images with no metadata are *reported*, never silently dropped (the latter stay, with
+    unknown attributes).
+
+    Raises
+    ------
+    InputDataError
+        The table has no id column, or two of its rows name the same case.
+    """
+    id_col = id_col or id_column(table, source=source)
+    meta = table.copy()
+    meta["_key"] = meta[id_col].astype("string").str.strip().str.lower()
+    dup = meta["_key"][meta["_key"].duplicated(keep=False)]
+    if len(dup):
+        raise InputDataError(source, f"metadata rows repeat case ids: {sorted(meta.loc[dup.index, id_col].astype(str).unique())[:10]}")
+    meta = meta.drop(columns=[id_col])
+    clash = [c for c in meta.columns if c in RESERVED_COLUMNS and c != "split"]
+    if clash:
+        raise InputDataError(source, f"metadata columns {clash} clash with manifest columns")
+    out = cases.copy()
+    out["_key"] = out["case_id"].astype("string").str.lower()
+    if "split" in meta.columns and out["split"].notna().any():
+        meta = meta.drop(columns=["split"])
+    elif "split" in meta.columns:
+        out = out.drop(columns=["split"])
+    merged = out.merge(meta, on="_key", how="left", indicator=True)
+    notes = []
+    no_meta = merged.loc[merged["_merge"] == "left_only", "case_id"].tolist()
+    if no_meta:
+        notes.append(f"{len(no_meta)} case(s) have no metadata row (attributes unknown): {no_meta[:10]}")
+    matched = set(merged["_key"])
+    no_image = table.loc[~meta["_key"].isin(matched).to_numpy(), id_col].astype(str).tolist()
+    if no_image:
+        notes.append(f"{len(no_image)} metadata row(s) have no image: {no_image[:10]}")
+    return merged.drop(columns=["_key", "_merge"]), notes

@@ -1,0 +1,65 @@
+"""Figures of the audit, drawn with matplotlib's Agg backend (no screen needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+def draw_heatmap(ax, mean: pd.DataFrame, count: pd.DataFrame, *, metric: str = "dice",
+                 row_label: str = "", col_label: str = "", min_size: int = 10):
+    """Draw an intersectional heatmap on a matplotlib ``Axes``.
+
+    Each cell shows the mean (2 decimals) and ``n``; empty cells are grey with "no cases";
+    cells with fewer than ``min_size`` cases are marked with ``*`` and hatched.
+    Returns the image artist (for a colour bar).
+    """
+    import matplotlib as mpl
+
+    data = np.ma.masked_invalid(mean.to_numpy(dtype=float))
+    cmap = mpl.colormaps["RdYlGn"].copy()
+    cmap.set_bad("#d9d9d9")
+    finite = data.compressed()
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    if hi - lo < 1e-6:
+        lo, hi = lo - 0.05, hi + 0.05
+    im = ax.imshow(data, cmap=cmap, vmin=lo, vmax=hi, aspect="auto")
+    ax.set_xticks(range(mean.shape[1]), [str(c) for c in mean.columns], rotation=30, ha="right")
+    ax.set_yticks(range(mean.shape[0]), [str(r) for r in mean.index])
+    ax.set_xlabel(col_label)
+    ax.set_ylabel(row_label)
+    for i in range(mean.shape[0]):
+        for j in range(mean.shape[1]):
+            n = int(count.iat[i, j])
+            if n == 0:
+                ax.text(j, i, "no cases", ha="center", va="center", fontsize=8, color="#555555")
+                continue
+            small = n < min_size
+            txt = f"{mean.iat[i, j]:.2f}{'*' if small else ''}\nn={n}"
+            ax.text(j, i, txt, ha="center", va="center", fontsize=9, color="black")
+            if small:
+                ax.add_patch(mpl.patches.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="//",
+                                                   edgecolor="#666666", linewidth=0))
+    ax.set_title(f"mean {metric} by {row_label} × {col_label}" + (f"  (* n < {min_size})" if min_size else ""))
+    return im
+
+
+def save_heatmap(mean: pd.DataFrame, count: pd.DataFrame, path: str | Path, *, metric: str = "dice",
+                 row_label: str = "", col_label: str = "", min_size: int = 10) -> Path:
+    """Save an intersectional heatmap as PNG and return its path."""
+    from matplotlib.figure import Figure
+
+    from ..data.atomic import atomic_path
+
+    w = max(4.5, 1.3 * mean.shape[1] + 2.5)
+    h = max(3.0, 0.75 * mean.shape[0] + 1.8)
+    fig = Figure(figsize=(w, h), dpi=100)
+    ax = fig.add_subplot()
+    im = draw_heatmap(ax, mean, count, metric=metric, row_label=row_label, col_label=col_label, min_size=min_size)
+    fig.colorbar(im, ax=ax, label=f"mean {metric}")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return Path(path)
