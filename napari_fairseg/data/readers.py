@@ -180,7 +180,7 @@ def _split_from_parent(p: Path) -> str | None:
 
 
 def _read_fairseg(folder: Path, modality: str, classes, *, fairdomain: bool) -> Cohort:
-    files = sorted(p for p in folder.rglob("*.npz") if p.is_file())
+    files = sorted((p for p in folder.rglob("*.npz") if p.is_file()), key=lambda p: (p.name, str(p)))
     if not files:
         raise InputDataError(folder, "no .npz files found")
     lists = _split_lists(folder)

@@ -1,0 +1,69 @@
+"""Project rules: a headless core, atomic writes, cancellable jobs."""
+
+import subprocess
+import sys
+
+import pytest
+
+from napari_fairseg.data.atomic import write_text_atomic
+from napari_fairseg.errors import Cancelled
+from napari_fairseg.progress import Progress, run_job
+
+CORE = ["napari_fairseg", "napari_fairseg.data", "napari_fairseg.data.synthetic", "napari_fairseg.metrics",
+        "napari_fairseg.report", "napari_fairseg.baseline", "napari_fairseg.cli"]
+
+BLOCKER = """
+import sys, importlib.abc
+BANNED = ("napari", "qtpy", "magicgui", "superqt", "PyQt5", "PyQt6", "PySide2", "PySide6")
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BANNED:
+            raise ImportError(f"GUI import attempted: {name}")
+sys.meta_path.insert(0, Block())
+"""
+
+
+def test_core_imports_without_any_gui_package():
+    code = BLOCKER + "\n".join(f"import {m}" for m in CORE) + (
+        "\nimport napari_fairseg.metrics.subgroups as s, divexplorer"
+        "\nassert not any(k.split('.')[0] in BANNED for k in sys.modules), 'GUI module loaded'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_blocker_really_blocks():
+    # the check above cannot pass vacuously: the same blocker stops a GUI import
+    r = subprocess.run([sys.executable, "-c", BLOCKER + "import qtpy"], capture_output=True, text=True)
+    assert r.returncode != 0 and "GUI import attempted: qtpy" in r.stderr
+
+
+def test_importing_the_package_loads_neither_torch_nor_qt():
+    code = "import sys, napari_fairseg; assert 'torch' not in sys.modules and 'qtpy' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path):
+    from napari_fairseg.data.atomic import atomic_path
+
+    p = write_text_atomic(tmp_path / "a.txt", "old")
+    with pytest.raises(RuntimeError), atomic_path(p) as tmp:
+        tmp.write_text("half-writ")
+        raise RuntimeError("killed")
+    assert p.read_text() == "old" and sorted(x.name for x in tmp_path.iterdir()) == ["a.txt"]
+
+
+def test_run_job_returns_reports_and_cancels():
+    closed = []
+
+    def job():
+        try:
+            for i in range(5):
+                yield Progress("work", i + 1, 5)
+            return "done"
+        finally:
+            closed.append(True)
+
+    seen = []
+    assert run_job(job(), on_progress=seen.append) == "done" and len(seen) == 5
+    with pytest.raises(Cancelled, match="work"):
+        run_job(job(), should_cancel=lambda: True)
+    assert closed == [True, True]

@@ -1,0 +1,242 @@
+"""Every reader on hand-made files, and every bad input with its clear error."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from napari_fairseg.data import load_case, open_cohort, read_manifest, write_manifest
+from napari_fairseg.errors import InputDataError
+
+from .conftest import save_nifti
+
+AFF = np.diag([0.8, 0.8, 2.0, 1.0])
+
+
+def make_nifti_folder(root, ids=("c1", "c2", "c3"), layout="split"):
+    for i, cid in enumerate(ids):
+        img = np.random.default_rng(i).random((8, 9, 5)).astype(np.float32)
+        lab = (img > 0.5).astype(np.uint8)
+        if layout == "split":
+            save_nifti(root / "images" / f"{cid}.nii.gz", img, AFF)
+            save_nifti(root / "labels" / f"{cid}.nii.gz", lab, AFF)
+        else:
+            save_nifti(root / f"{cid}.nii.gz", img, AFF)
+            save_nifti(root / f"{cid}_seg.nii.gz", lab, AFF)
+    return root
+
+
+@pytest.mark.parametrize("layout", ["split", "flat"])
+def test_nifti_folder_keeps_affine_and_joins_metadata_ignoring_case(tmp_path, layout):
+    root = make_nifti_folder(tmp_path / "ds", layout=layout)
+    pd.DataFrame({"Case_ID": ["C1", "c2", "zz"], "sex": ["F", "M", "F"]}).to_csv(root / "metadata.csv", index=False)
+    cohort = open_cohort(root)
+    assert cohort.kind == "nifti" and cohort.attributes == ["sex"]
+    sex = cohort.cases.set_index("case_id")["sex"]
+    assert (sex["c1"], sex["c2"]) == ("F", "M") and pd.isna(sex["c3"])
+    assert any("no metadata row" in n and "c3" in n for n in cohort.notes)
+    assert any("no image" in n and "zz" in n for n in cohort.notes)
+    case = load_case(cohort, "c1")
+    assert case.image.shape == (1, 8, 9, 5) and case.label.shape == (8, 9, 5)
+    np.testing.assert_allclose(case.affine, AFF)
+    assert case.spacing == pytest.approx((0.8, 0.8, 2.0))
+    with pytest.raises(InputDataError, match="no image"):
+        open_cohort(root, strict=True)
+
+
+def test_xlsx_metadata_and_manifest_round_trip(tmp_path):
+    root = make_nifti_folder(tmp_path / "ds")
+    pd.DataFrame({"id": ["c1", "c2", "c3"], "age": [30, 50, 70]}).to_excel(tmp_path / "meta.xlsx", index=False)
+    cohort = open_cohort(root, metadata=tmp_path / "meta.xlsx")
+    out = write_manifest(cohort, root / "manifest.csv")
+    assert out.read_text().splitlines()[1].startswith("c1,images/c1.nii.gz,labels/c1.nii.gz,")  # relative
+    back = read_manifest(out)
+    assert back.case_ids == cohort.case_ids and back.kind == "nifti"
+    np.testing.assert_array_equal(load_case(back, "c2").label, load_case(cohort, "c2").label)
+    assert json.loads((root / "manifest.cohort.json").read_text())["attributes"] == ["age"]
+
+
+def test_image2d_folder_binarises_255_masks(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    img = (np.random.default_rng(0).random((16, 20, 3)) * 255).astype(np.uint8)
+    Image.fromarray(img).save(tmp_path / "images" / "a.png")
+    mask = np.zeros((16, 20), np.uint8)
+    mask[4:8, 4:9] = 255
+    Image.fromarray(mask).save(tmp_path / "labels" / "a.png")
+    cohort = open_cohort(tmp_path)
+    case = load_case(cohort, "a")
+    assert cohort.kind == "image2d" and case.image.shape == (3, 16, 20)
+    assert case.label.sum() == 20 and set(np.unique(case.label)) == {0, 1}
+
+
+def fairseg_file(path, schema="readme", race=0, age=60.0, ethnicity=0, mask=None, **extra):
+    img_key, mask_key = ("slo_fundus", "disc_cup_mask") if schema == "readme" else ("fundus_slo", "disc_cup")
+    eth_key = "ethnicity" if schema == "readme" else "hispanic"
+    if mask is None:
+        mask = np.zeros((12, 12), np.int8)
+        mask[3:9, 3:9] = -1
+        mask[5:7, 5:7] = -2
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **{img_key: np.full((12, 12), 100, np.uint8), mask_key: mask, "race": race, "age": age,
+                      eth_key: ethnicity, "gender": 1, "language": 0, "maritalstatus": -1, "pid": "P1"}, **extra)
+
+
+@pytest.mark.parametrize("schema", ["readme", "code"])
+def test_fairseg_both_key_schemas_codes_and_unknowns(tmp_path, schema):
+    fairseg_file(tmp_path / "Training" / "data_00001.npz", schema, race=2, ethnicity=-1)
+    fairseg_file(tmp_path / "Test" / "data_00002.npz", schema, race=1, ethnicity=1)
+    cohort = open_cohort(tmp_path)
+    c = cohort.cases.set_index("case_id")
+    assert cohort.kind == "fairseg"
+    assert c.loc["data_00001", "race"] == "White" and pd.isna(c.loc["data_00001", "ethnicity"])
+    assert c.loc["data_00002", "ethnicity"] == "Hispanic" and c.loc["data_00002", "gender"] == "Male"
+    assert c["split"].tolist() == ["train", "test"]
+    assert "pid" not in cohort.attributes and "maritalstatus" in cohort.attributes
+    case = load_case(cohort, "data_00001")
+    assert case.label[5, 5] == 2 and case.label[3, 3] == 1 and case.label[0, 0] == 0  # cup / rim codes mapped
+    assert cohort.classes == {"cup": (2,), "rim": (1,), "disc": (1, 2)}
+
+
+def test_fairseg_raw_race_codes_age_in_days_and_split_lists(tmp_path):
+    fairseg_file(tmp_path / "data_00001.npz", race=7, age=365.25 * 70)
+    fairseg_file(tmp_path / "data_00002.npz", race=3, age=365.25 * 50)
+    (tmp_path / "train.txt").write_text("data_00001.npz\n")
+    (tmp_path / "test.txt").write_text("data_00002.npz\n")
+    cohort = open_cohort(tmp_path)
+    c = cohort.cases.set_index("case_id")
+    assert c["race"].tolist() == ["White", "Black"]
+    assert c["age"].tolist() == pytest.approx([70, 50])
+    assert c["split"].tolist() == ["train", "test"]
+    assert any("days" in n for n in cohort.notes) and any("raw" in n for n in cohort.notes)
+
+
+def test_fairseg_unknown_code_names_file_and_value(tmp_path):
+    fairseg_file(tmp_path / "data_00001.npz", race=0)
+    np.savez(tmp_path / "data_00002.npz", slo_fundus=np.zeros((4, 4)), disc_cup_mask=np.zeros((4, 4)), race=0, gender=5)
+    with pytest.raises(InputDataError, match=r"data_00002\.npz.*'gender' has unknown code 5"):
+        open_cohort(tmp_path)
+
+
+def test_fairdomain_reads_slo_or_oct(tmp_path):
+    m = np.zeros((6, 6), np.int8)
+    m[1:5, 1:5] = -1
+    for i in range(2):
+        np.savez(tmp_path / f"data_{i}.npz", fundus_slo=np.zeros((6, 6)), slo_disc_cup=m,
+                 fundus_oct=np.ones((6, 6)), oct_disc_cup=m, race=0)
+    slo = open_cohort(tmp_path)
+    oct_ = open_cohort(tmp_path, modality="oct")
+    assert slo.kind == oct_.kind == "fairdomain"
+    assert load_case(slo, "data_0").image.shape == (1, 6, 6)
+    assert load_case(oct_, "data_0").image.mean() == 1.0 and load_case(oct_, "data_0").label.sum() == 16
+
+
+def make_mamamia(root):
+    ids = ["duke_001", "duke_002", "ispy1_1001"]
+    for i, pid in enumerate(ids):
+        for ph in range(3):
+            save_nifti(root / "images" / pid / f"{pid}_000{ph}.nii.gz", np.full((6, 6, 4), ph + i, np.float32), AFF)
+        seg = np.zeros((6, 6, 4), np.uint8)
+        seg[2:4, 2:4, 1:3] = 1
+        save_nifti(root / "segmentations" / "expert" / f"{pid}.nii.gz", seg, AFF)
+    (root / "patient_info_files").mkdir()
+    pd.DataFrame({"train_split": ["DUKE_001", "DUKE_002"], "test_split": ["ISPY1_1001", None]}).to_csv(
+        root / "train_test_splits.csv", index=False)
+    pd.DataFrame({"patient_id": ["DUKE_001", "DUKE_002", "ISPY1_1001", "NACT_01"], "age": [38, 55, 71, 60],
+                  "menopause": ["peri", None, "postmenopausal", "pre"], "breast_density": ["a", "b", None, "c"],
+                  "dataset": ["DUKE", "DUKE", "ISPY1", "NACT"]}).to_excel(
+        root / "clinical_and_imaging_info.xlsx", sheet_name="dataset_info", index=False)
+    return root
+
+
+def test_mamamia_tree(tmp_path):
+    cohort = open_cohort(make_mamamia(tmp_path / "mm"))
+    c = cohort.cases.set_index("case_id")
+    assert cohort.kind == "mamamia"
+    assert c["split"].tolist() == ["train", "train", "test"]
+    assert c["menopausal_status"].tolist() == ["pre", "unknown", "post"]
+    assert c["age_group"].tolist() == ["0-40", "51-60", "71+"]
+    assert any("NACT_01" in n for n in cohort.notes)  # metadata row without images is reported
+    case = load_case(cohort, "duke_002")
+    assert case.image.shape == (3, 6, 6, 4) and case.image[2, 0, 0, 0] == 3.0  # phases as channels
+    with pytest.raises(InputDataError, match="lack requested phases"):
+        open_cohort(tmp_path / "mm", phases=(0, 1, 5))
+
+
+# --------------------------------------------------------------------------- bad input
+def manifest_with(tmp_path, rows):
+    p = tmp_path / "manifest.csv"
+    pd.DataFrame(rows).to_csv(p, index=False)
+    return p
+
+
+def test_bad_manifests(tmp_path):
+    a = save_nifti(tmp_path / "a.nii.gz", np.zeros((4, 4, 4), np.float32))
+    with pytest.raises(InputDataError, match="duplicate case ids"):
+        read_manifest(manifest_with(tmp_path, {"case_id": ["x", "X"], "image": [a, a]}))
+    with pytest.raises(InputDataError, match="do not exist.*missing.nii.gz"):
+        read_manifest(manifest_with(tmp_path, {"case_id": ["x"], "image": [tmp_path / "missing.nii.gz"]}))
+    with pytest.raises(InputDataError, match="unknown split"):
+        read_manifest(manifest_with(tmp_path, {"case_id": ["x"], "image": [a], "split": ["holdout"]}))
+    with pytest.raises(InputDataError, match="no 'image' column"):
+        read_manifest(manifest_with(tmp_path, {"case_id": ["x"], "img": [a]}))
+    with pytest.raises(InputDataError, match="does not exist"):
+        read_manifest(tmp_path / "nope.csv")
+
+
+def load_one(tmp_path, img, lab, img_aff=AFF, lab_aff=AFF):
+    i = save_nifti(tmp_path / "i.nii.gz", img, img_aff)
+    rows = {"case_id": ["x"], "image": [i]}
+    if lab is not None:
+        rows["label"] = [save_nifti(tmp_path / "l.nii.gz", lab, lab_aff)]
+    return load_case(read_manifest(manifest_with(tmp_path, rows)), "x")
+
+
+def test_bad_arrays_give_clear_errors(tmp_path):
+    img = np.zeros((5, 5, 3), np.float32)
+    with pytest.raises(InputDataError, match=r"l\.nii\.gz: label shape \(5, 5, 4\) does not match"):
+        load_one(tmp_path, img, np.zeros((5, 5, 4), np.uint8))
+    with pytest.raises(InputDataError, match="label affine differs"):
+        load_one(tmp_path, img, np.zeros((5, 5, 3), np.uint8), lab_aff=np.eye(4))
+    with pytest.raises(InputDataError, match="non-binary mask: values \\[3\\]"):
+        load_one(tmp_path, img, np.full((5, 5, 3), 3, np.uint8))
+    with pytest.raises(InputDataError, match="not integer-valued"):
+        load_one(tmp_path, img, np.full((5, 5, 3), 0.5, np.float32))
+    nan_img = img.copy()
+    nan_img[0, 0, 0] = np.nan
+    with pytest.raises(InputDataError, match=r"i\.nii\.gz: image contains 1 NaN"):
+        load_one(tmp_path, nan_img, None)
+    (tmp_path / "i.nii.gz").write_bytes(b"not a nifti at all")
+    m = manifest_with(tmp_path, {"case_id": ["x"], "image": [tmp_path / "i.nii.gz"]})
+    with pytest.raises(InputDataError, match="not a readable NIfTI"):
+        load_case(read_manifest(m), "x")
+
+
+def test_corrupt_npz_and_empty_folder(tmp_path):
+    (tmp_path / "f").mkdir()
+    (tmp_path / "f" / "data_1.npz").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(InputDataError, match=r"data_1\.npz: not a readable \.npz"):
+        open_cohort(tmp_path / "f")
+    (tmp_path / "e").mkdir()
+    with pytest.raises(InputDataError, match="found no NIfTI"):
+        open_cohort(tmp_path / "e")
+
+
+def test_bad_metadata_tables(tmp_path):
+    root = make_nifti_folder(tmp_path / "ds")
+    (tmp_path / "bad.xlsx").write_bytes(b"not a spreadsheet")
+    with pytest.raises(InputDataError, match="cannot read metadata table"):
+        open_cohort(root, metadata=tmp_path / "bad.xlsx")
+    pd.DataFrame({"case_id": ["c1", "C1"], "sex": ["F", "M"]}).to_csv(tmp_path / "dup.csv", index=False)
+    with pytest.raises(InputDataError, match="repeat case ids"):
+        open_cohort(root, metadata=tmp_path / "dup.csv")
+    pd.DataFrame({"name": ["c1"], "sex": ["F"]}).to_csv(tmp_path / "noid.csv", index=False)
+    with pytest.raises(InputDataError, match="no case id column"):
+        open_cohort(root, metadata=tmp_path / "noid.csv")
+    nib.save(nib.Nifti1Image(np.zeros((3, 3, 3), np.uint8), np.eye(4)), str(root / "labels" / "orphan.nii.gz"))
+    with pytest.raises(InputDataError, match="label file\\(s\\) with no image: \\['orphan'\\]"):
+        open_cohort(root)
