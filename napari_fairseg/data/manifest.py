@@ -160,29 +160,29 @@ def sidecar_path(manifest_csv: str | Path) -> Path:
     return p.with_name(p.stem + ".cohort.json")
 
 
-def _relativise(ref, base: Path):
+def _map_paths(ref, fn):
+    """Apply ``fn`` to the path part of every channel of an ``image`` / ``label`` cell."""
     if not isinstance(ref, str) or not ref:
         return ref
     out = []
     for part in split_channels(ref):
         path, _, key = part.partition(KEY_SEP)
-        try:
-            rel = Path(path).resolve().relative_to(base.resolve()).as_posix()
-        except ValueError:
-            rel = Path(path).resolve().as_posix()
-        out.append(rel + (KEY_SEP + key if key else ""))
+        out.append(fn(Path(path)) + (KEY_SEP + key if key else ""))
     return CHANNEL_SEP.join(out)
+
+
+def _relativise(ref, base: Path):
+    def rel(p: Path) -> str:
+        try:
+            return p.resolve().relative_to(base.resolve()).as_posix()
+        except ValueError:  # outside the manifest's folder: keep it absolute
+            return p.resolve().as_posix()
+
+    return _map_paths(ref, rel)
 
 
 def _absolutise(ref, base: Path):
-    if not isinstance(ref, str) or not ref:
-        return ref
-    out = []
-    for part in split_channels(ref):
-        path, _, key = part.partition(KEY_SEP)
-        p = Path(path)
-        out.append(str(p if p.is_absolute() else (base / p)) + (KEY_SEP + key if key else ""))
-    return CHANNEL_SEP.join(out)
+    return _map_paths(ref, lambda p: str(p if p.is_absolute() else base / p))
 
 
 def write_manifest(cohort: Cohort, path: str | Path) -> Path:
