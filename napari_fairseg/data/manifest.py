@@ -70,6 +70,7 @@ class Cohort:
         self.classes = {str(k): tuple(int(v) for v in vals)
                         for k, vals in (self.classes or default_classes(self.kind)).items()}
         self.cases = validate_cases(self.cases, source=self.source)
+        self._rows = {cid: i for i, cid in enumerate(self.cases["case_id"])}
 
     @property
     def attributes(self) -> list[str]:
@@ -85,10 +86,9 @@ class Cohort:
 
     def row(self, case_id: str) -> pd.Series:
         """The manifest row of one case (exact id)."""
-        hit = self.cases.index[self.cases["case_id"] == case_id]
-        if len(hit) == 0:
+        if case_id not in self._rows:
             raise KeyError(f"no case {case_id!r} in cohort {self.name!r}")
-        return self.cases.loc[hit[0]]
+        return self.cases.iloc[self._rows[case_id]]
 
     def missing_files(self) -> list[tuple[str, str]]:
         """``(case_id, path)`` for every referenced file that does not exist."""
