@@ -1,0 +1,371 @@
+"""Prediction: one network on one device, whole images or sliding windows, over a pool of cases.
+
+:class:`Predictor` turns normalised images ``(B, C, *S)`` into probabilities and uncertainty
+maps on its device. :func:`predict_pool_job` runs it over many cases of a cohort in batches,
+decoding the next batch from disk in a background thread while the current one computes, and
+yields a progress event per batch (cancel is checked there).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from ..data.arrays import CaseData, load_image, prediction_path, save_label
+from ..data.atomic import atomic_path
+from ..data.manifest import Cohort
+from ..errors import InputDataError
+from ..models.checkpoint import Checkpoint, check_compatible
+from ..models.networks import ModelConfig, pad_to_divisible, size_divisor
+from ..models.preprocess import normalise_intensity
+from ..progress import Job, Progress
+from .device import autocast, choose_device, describe
+from .uncertainty import (
+    EMPTY_RULES,
+    PassAccumulator,
+    decode,
+    entropy,
+    masked_scaled_entropy,
+    max_entropy,
+    probabilities,
+    roi_mask,
+)
+
+UNCERTAINTY = ("none", "entropy", "mc", "tta")
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """How to run a model.
+
+    Attributes
+    ----------
+    device : str
+        ``auto`` (CUDA → MPS → CPU), ``cuda``, ``mps`` or ``cpu``.
+    amp : bool
+        Mixed precision (float16) on CUDA; ignored elsewhere.
+    batch_size : int
+        Cases per forward pass (cases of one shape are batched together).
+    sw_batch_size : int
+        Windows per forward pass in sliding-window inference.
+    overlap : float
+        Sliding-window overlap fraction in [0, 1).
+    uncertainty : str
+        ``none``; ``entropy`` (of one deterministic pass); ``mc`` (mean of ``passes`` MC-dropout
+        passes, plus mutual information); ``tta`` (mean over the identity and one flip per
+        spatial axis, plus mutual information).
+    passes : int
+        MC-dropout passes.
+    roi_radius : int
+        Dilation of the predicted mask for the masked scaled entropy, in voxels.
+    empty : str
+        Score of a case whose prediction is empty (see :func:`~.uncertainty.masked_scaled_entropy`).
+    seed : int
+        Seeds the dropout masks of MC passes.
+    """
+
+    device: str = "auto"
+    amp: bool = True
+    batch_size: int = 2
+    sw_batch_size: int = 4
+    overlap: float = 0.25
+    uncertainty: str = "entropy"
+    passes: int = 8
+    roi_radius: int = 3
+    empty: str = "max"
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.uncertainty not in UNCERTAINTY:
+            raise ValueError(f"uncertainty must be one of {UNCERTAINTY}, got {self.uncertainty!r}")
+        if self.empty not in EMPTY_RULES:
+            raise ValueError(f"empty must be one of {EMPTY_RULES}, got {self.empty!r}")
+        if self.batch_size < 1 or self.sw_batch_size < 1:
+            raise ValueError("batch_size and sw_batch_size must be >= 1")
+        if self.uncertainty == "mc" and self.passes < 2:
+            raise ValueError(f"MC dropout needs passes >= 2, got {self.passes}")
+        if not 0 <= self.overlap < 1:
+            raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
+        if self.roi_radius < 0:
+            raise ValueError(f"roi_radius must be >= 0, got {self.roi_radius}")
+
+
+@dataclass
+class CasePrediction:
+    """A case's prediction and maps, aligned with its image (numpy, on the CPU).
+
+    Attributes
+    ----------
+    label : numpy.ndarray
+        ``(*S)`` int16 class map.
+    maps : dict of str to numpy.ndarray
+        ``probability`` ``(K, *S)`` (K = 1 foreground for a sigmoid head), ``entropy`` ``(*S)``,
+        ``roi`` ``(*S)`` bool and, with MC / TTA, ``mutual_information`` ``(*S)``; float32, nats.
+    scores : dict
+        ``mean_entropy``, ``masked_entropy`` (seed 001 Eq. 1), ``roi_voxels``, ``roi_empty``,
+        ``foreground_voxels``.
+    """
+
+    case_id: str
+    label: np.ndarray
+    maps: dict = field(default_factory=dict)
+    scores: dict = field(default_factory=dict)
+
+
+def _dropout_modules(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0]
+
+
+class Predictor:
+    """A network on a device, ready to predict normalised images.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Returns logits ``(B, K, *S)``.
+    config : ModelConfig
+    settings : InferenceConfig
+    """
+
+    def __init__(self, model: nn.Module, config: ModelConfig, settings: InferenceConfig = InferenceConfig()):
+        self.config, self.settings = config, settings
+        self.device = choose_device(settings.device)
+        self.model = model.to(self.device).eval()
+        self.divisor = size_divisor(config)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: Checkpoint, settings: InferenceConfig = InferenceConfig()) -> Predictor:
+        return cls(ckpt.build("cpu"), ckpt.config, settings)
+
+    @property
+    def device_name(self) -> str:
+        return describe(self.device)
+
+    # ------------------------------------------------------------------ forward
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, K, *S)`` float32 for normalised images ``x`` ``(B, C, *S)`` on the device.
+
+        Images larger than the model's patch go through MONAI sliding-window inference (Gaussian
+        blending); others are padded to the network's size divisor and cropped back.
+        """
+        patch = self.config.patch_size
+        with torch.inference_mode(), autocast(self.device, self.settings.amp):
+            if patch is not None and any(s > p for s, p in zip(x.shape[2:], patch, strict=True)):
+                from monai.inferers import sliding_window_inference
+
+                out = sliding_window_inference(x, patch, self.settings.sw_batch_size, self.model,
+                                               overlap=self.settings.overlap, mode="gaussian")
+            else:
+                xp, crop = pad_to_divisible(x, self.divisor, minimum=patch)
+                out = self.model(xp)[crop]
+        return out.float()
+
+    def _passes(self, x: torch.Tensor) -> PassAccumulator:
+        mode, head = self.settings.uncertainty, self.config.head
+        acc = PassAccumulator(head)
+        if mode == "mc":
+            drops = _dropout_modules(self.model)
+            if not drops:
+                raise InputDataError(None, "MC dropout needs a model trained with dropout > 0; this one has "
+                                     "no dropout layers (use uncertainty 'tta', or train with --dropout 0.1)")
+            gen_state = torch.random.get_rng_state()
+            torch.manual_seed(self.settings.seed)
+            try:
+                for m in drops:
+                    m.train()
+                for _ in range(self.settings.passes):
+                    acc.add(probabilities(self.logits(x), head))
+            finally:
+                for m in drops:
+                    m.eval()
+                torch.random.set_rng_state(gen_state)
+        elif mode == "tta":
+            acc.add(probabilities(self.logits(x), head))
+            for axis in range(2, x.ndim):
+                acc.add(torch.flip(probabilities(self.logits(torch.flip(x, (axis,))), head), (axis,)))
+        else:
+            acc.add(probabilities(self.logits(x), head))
+        return acc
+
+    def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Prediction, uncertainty maps and scores for a batch ``(B, C, *S)``, on the device.
+
+        Returns a dict of tensors: ``probability`` ``(B, K, *S)``, ``label`` ``(B, *S)``,
+        ``entropy`` and ``roi`` ``(B, *S)``, ``mutual_information`` (MC / TTA only), and per-case
+        ``(B,)`` ``mean_entropy``, ``masked_entropy``, ``roi_voxels``, ``roi_empty``,
+        ``foreground_voxels``.
+        """
+        s, cfg = self.settings, self.config
+        x = x.to(self.device, non_blocking=True)
+        acc = self._passes(x)
+        prob = acc.mean()
+        out = {"probability": prob, "label": decode(prob, cfg.head, cfg.label_values)}
+        if s.uncertainty == "none":
+            return out
+        ent = entropy(prob, cfg.head)
+        roi = roi_mask(out["label"], s.roi_radius)
+        dims = tuple(range(1, ent.ndim))
+        out["masked_entropy"], out["roi_empty"] = masked_scaled_entropy(
+            ent, roi, empty=s.empty, max_value=max_entropy(cfg.head, len(cfg.label_values)))
+        out.update(entropy=ent, roi=roi, mean_entropy=ent.mean(dim=dims), roi_voxels=roi.sum(dim=dims),
+                   foreground_voxels=(out["label"] != 0).sum(dim=dims))
+        if acc.n > 1:
+            out["mutual_information"] = acc.mutual_information()
+        return out
+
+
+# --------------------------------------------------------------------------- pool
+PER_CASE_SCORES = ("mean_entropy", "masked_entropy", "roi_voxels", "roi_empty", "foreground_voxels")
+
+
+def _split(out: dict[str, torch.Tensor], ids: Sequence[str]) -> list[CasePrediction]:
+    cpu = {k: v.detach().cpu() for k, v in out.items()}
+    preds = []
+    for i, cid in enumerate(ids):
+        maps = {k: cpu[k][i].numpy().astype(np.float32 if k != "roi" else bool)
+                for k in ("probability", "entropy", "roi", "mutual_information") if k in cpu}
+        scores = {k: cpu[k][i].item() for k in PER_CASE_SCORES if k in cpu}
+        if "roi_empty" in scores:
+            scores["roi_empty"] = bool(scores["roi_empty"])
+        preds.append(CasePrediction(cid, cpu["label"][i].numpy().astype(np.int16), maps, scores))
+    return preds
+
+
+def _decode_batch(cohort: Cohort, ids: Sequence[str], intensity: str) -> list[tuple[CaseData, np.ndarray]]:
+    out = []
+    for cid in ids:
+        case = load_image(cohort, cid)
+        out.append((case, normalise_intensity(case.image, intensity, source=cid)))
+    return out
+
+
+def _shape_groups(decoded):
+    groups: dict[tuple, list] = {}
+    for item in decoded:
+        groups.setdefault(item[1].shape, []).append(item)
+    return list(groups.values())
+
+
+@dataclass
+class PoolResult:
+    """What :func:`predict_pool_job` returns.
+
+    Attributes
+    ----------
+    scores : pandas.DataFrame
+        One row per case: ``case_id`` and :data:`PER_CASE_SCORES`.
+    predictions : dict of str to CasePrediction
+        Only when the job was asked to ``keep`` them.
+    device : str
+    seconds : float
+        Wall time of the job.
+    """
+
+    scores: pd.DataFrame
+    predictions: dict = field(default_factory=dict)
+    device: str = ""
+    seconds: float = 0.0
+
+
+def predict_pool_job(cohort: Cohort, predictor: Predictor, case_ids: Sequence[str] | None = None, *,
+                     out_dir: str | Path | None = None, keep: bool = False, write_maps: bool = True,
+                     checkpoint: Checkpoint | None = None) -> Job[PoolResult]:
+    """Predict (and score) cases of ``cohort`` in batches; yields one progress event per batch.
+
+    Parameters
+    ----------
+    case_ids : sequence of str, optional
+        Cases to predict (default: all).
+    out_dir : path, optional
+        Write ``<case_id>`` predictions in the cohort's format and uncertainty maps under
+        ``<out_dir>/maps`` (NIfTI with the source affine, or npz), plus ``scores.csv``.
+    keep : bool
+        Return every :class:`CasePrediction` in memory (for the viewer and active learning).
+    checkpoint : Checkpoint, optional
+        Checked against the cohort (task, channels, dimensions) before any work.
+    """
+    t0 = time.perf_counter()
+    ids = list(cohort.case_ids if case_ids is None else case_ids)
+    unknown = [c for c in ids if c not in set(cohort.case_ids)]
+    if unknown:
+        raise InputDataError(cohort.source, f"unknown case ids {unknown[:5]}")
+    bs = predictor.settings.batch_size
+    batches = [ids[i:i + bs] for i in range(0, len(ids), bs)]
+    out = Path(out_dir) if out_dir is not None else None
+    rows, kept = [], {}
+    yield Progress("predict", 0, len(ids), f"on {predictor.device_name}")
+    if not batches:
+        return PoolResult(pd.DataFrame(columns=["case_id", *PER_CASE_SCORES]), {}, predictor.device_name, 0.0)
+    intensity = predictor.config.intensity
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fairseg-decode") as pool:
+        future = pool.submit(_decode_batch, cohort, batches[0], intensity)
+        done = 0
+        for b in range(len(batches)):
+            decoded = future.result()
+            if b + 1 < len(batches):  # decode the next batch while this one computes
+                future = pool.submit(_decode_batch, cohort, batches[b + 1], intensity)
+            if b == 0 and checkpoint is not None:
+                check_compatible(checkpoint, cohort, image_shape=decoded[0][1].shape)
+            for group in _shape_groups(decoded):
+                x = torch.from_numpy(np.stack([g[1] for g in group]))
+                if x.shape[1] != predictor.config.in_channels or x.ndim - 2 != predictor.config.spatial_dims:
+                    raise InputDataError(group[0][0].case_id, f"image shape {tuple(x.shape[1:])} does not fit the "
+                                         f"model ({predictor.config.in_channels} channel(s), "
+                                         f"{predictor.config.spatial_dims}D)")
+                preds = _split(predictor.predict(x), [g[0].case_id for g in group])
+                for (case, _), pred in zip(group, preds, strict=True):
+                    if out is not None:
+                        write_case_outputs(cohort, out, case, pred, maps=write_maps)
+                    rows.append({"case_id": case.case_id, **pred.scores})
+                    if keep:
+                        kept[case.case_id] = pred
+            done += len(decoded)
+            yield Progress("predict", done, len(ids), batches[b][-1])
+    scores = pd.DataFrame(rows)
+    if out is not None and not scores.empty:
+        with atomic_path(out / "scores.csv") as tmp:
+            scores.to_csv(tmp, index=False)
+    return PoolResult(scores, kept, predictor.device_name, time.perf_counter() - t0)
+
+
+def map_path(cohort: Cohort, out_dir: str | Path, case_id: str, name: str | None = None) -> Path:
+    """Where a case's uncertainty maps go: ``maps/<case_id>_<name>.nii.gz`` or ``maps/<case_id>.npz``."""
+    maps = Path(out_dir) / "maps"
+    if cohort.kind in ("nifti", "mamamia"):
+        return maps / f"{case_id}_{name}.nii.gz"
+    return maps / f"{case_id}.npz"
+
+
+def write_case_outputs(cohort: Cohort, out_dir: str | Path, case: CaseData, pred: CasePrediction, *,
+                       maps: bool = True) -> Path:
+    """Write a case's prediction (cohort format) and its maps; returns the prediction path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = save_label(cohort, prediction_path(cohort, out, case.case_id), pred.label, like=case)
+    if not maps or not pred.maps:
+        return path
+    (out / "maps").mkdir(exist_ok=True)
+    arrays = {}
+    for name, arr in pred.maps.items():
+        if name == "probability":
+            arr = arr[0] if arr.shape[0] == 1 else arr
+        arrays[name] = arr.astype(np.uint8) if name == "roi" else arr.astype(np.float32)
+    if cohort.kind in ("nifti", "mamamia"):
+        for name, arr in arrays.items():
+            data = np.moveaxis(arr, 0, -1) if arr.ndim == 4 else arr  # (K, *S) → (*S, K)
+            with atomic_path(map_path(cohort, out, case.case_id, name)) as tmp:
+                nib.save(nib.Nifti1Image(data, case.affine), str(tmp))
+    else:
+        with atomic_path(map_path(cohort, out, case.case_id)) as tmp, open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+    return path
+

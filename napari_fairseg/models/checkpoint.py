@@ -1,0 +1,179 @@
+"""Safe checkpoints: weights plus the metadata needed to use them correctly.
+
+A checkpoint is a ``torch.save`` of plain containers only — strings (JSON), numbers and tensors —
+and is always read back with ``torch.load(..., weights_only=True)``, which refuses to unpickle
+arbitrary objects. Writes are atomic (temporary file + rename).
+
+Layout::
+
+    {"format": "napari-fairseg-checkpoint", "format_version": 1,
+     "config": "<ModelConfig JSON>", "meta": "<JSON: classes, cohort, attributes, version, ...>",
+     "state_dict": {name: tensor}, "train_state": {...} or absent}
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import json
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data.atomic import write_bytes_atomic
+from ..data.manifest import Cohort
+from ..errors import InputDataError
+from .networks import ModelConfig, build_network
+
+FORMAT = "napari-fairseg-checkpoint"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint.
+
+    Attributes
+    ----------
+    config : ModelConfig
+    meta : dict
+        ``classes`` (class name → label values), ``cohort``, ``attributes``, ``group_attribute``,
+        ``package_version``, ``created``, ``epoch`` and whatever the trainer recorded.
+    state_dict : dict of str to torch.Tensor
+    train_state : dict or None
+        Optimizer and objective state for resuming training.
+    path : Path or None
+    """
+
+    config: ModelConfig
+    meta: dict = field(default_factory=dict)
+    state_dict: dict | None = None
+    train_state: dict | None = None
+    path: Path | None = None
+
+    def build(self, device: torch.device | str = "cpu") -> nn.Module:
+        """The network with these weights, on ``device``, in eval mode."""
+        model = build_network(self.config)
+        if self.state_dict is not None:
+            try:
+                model.load_state_dict(self.state_dict)
+            except RuntimeError as exc:
+                raise InputDataError(self.path, f"weights do not fit the {self.config.network} network "
+                                     f"described in the checkpoint: {str(exc).splitlines()[0]}") from exc
+        return model.to(device).eval()
+
+    @property
+    def classes(self) -> dict[str, tuple[int, ...]]:
+        return {k: tuple(v) for k, v in self.meta.get("classes", {}).items()}
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, config: ModelConfig, meta: dict | None = None, *,
+                    train_state: dict | None = None) -> Path:
+    """Write ``model``'s weights, ``config`` and ``meta`` to ``path`` atomically."""
+    meta = dict(meta or {})
+    meta.setdefault("package_version", _version())
+    meta.setdefault("created", _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION,
+               "config": json.dumps(config.to_dict()), "meta": json.dumps(meta, default=_json_default),
+               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    if train_state is not None:
+        payload["train_state"] = train_state
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    return write_bytes_atomic(path, buf.getvalue())
+
+
+def _json_default(obj):
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, (tuple, set, np.ndarray)):
+        return list(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def load_checkpoint(path: str | Path, *, with_train_state: bool = False) -> Checkpoint:
+    """Read a checkpoint without unpickling arbitrary objects.
+
+    Raises
+    ------
+    InputDataError
+        Missing, corrupt or foreign file, or one that holds anything but weights and metadata.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputDataError(path, "checkpoint file not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise InputDataError(path, "refused to load: the file holds Python objects other than weights "
+                             f"and metadata (weights-only loading): {str(exc).splitlines()[0][:200]}") from exc
+    except Exception as exc:  # torch raises RuntimeError/EOFError/zip errors for corrupt files
+        raise InputDataError(path, f"not a readable checkpoint ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0][:200] if str(exc) else 'truncated'})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise InputDataError(path, "not a napari-fairseg checkpoint (no 'format' marker); "
+                             "train one with `fairseg train`")
+    if int(payload.get("format_version", 0)) > FORMAT_VERSION:
+        raise InputDataError(path, f"checkpoint format {payload['format_version']} is newer than this "
+                             f"napari-fairseg ({FORMAT_VERSION}); upgrade the package")
+    try:
+        config = ModelConfig.from_dict(json.loads(payload["config"]))
+        meta = json.loads(payload.get("meta") or "{}")
+    except (KeyError, ValueError, TypeError) as exc:
+        raise InputDataError(path, f"checkpoint metadata is invalid: {exc}") from exc
+    return Checkpoint(config, meta, payload.get("state_dict"),
+                      payload.get("train_state") if with_train_state else None, path)
+
+
+def cohort_label_values(cohort: Cohort) -> tuple[int, ...]:
+    """Background 0 followed by every label value the cohort's classes use, sorted."""
+    return (0, *sorted({v for vals in cohort.classes.values() for v in vals} - {0}))
+
+
+def check_compatible(ckpt: Checkpoint, cohort: Cohort, *, image_shape: tuple[int, ...] | None = None) -> None:
+    """Raise :class:`InputDataError` when ``ckpt`` cannot segment ``cohort`` correctly.
+
+    Parameters
+    ----------
+    image_shape : tuple of int, optional
+        ``(C, *spatial)`` of one decoded case, to check channels and spatial dimensions.
+    """
+    cfg = ckpt.config
+    where = ckpt.path
+    values = cohort_label_values(cohort)
+    if tuple(cfg.label_values) != values:
+        raise InputDataError(where, f"the checkpoint predicts label values {cfg.label_values} "
+                             f"({_names(ckpt.classes)}) but cohort {cohort.name!r} uses {values} "
+                             f"({_names(cohort.classes)}): it was trained for another task")
+    if image_shape is not None:
+        c, spatial = image_shape[0], image_shape[1:]
+        if len(spatial) != cfg.spatial_dims:
+            raise InputDataError(where, f"the checkpoint is a {cfg.spatial_dims}D model but cohort "
+                                 f"{cohort.name!r} has {len(spatial)}D images (shape {tuple(spatial)})")
+        if c != cfg.in_channels:
+            raise InputDataError(where, f"the checkpoint expects {cfg.in_channels} image channel(s) but "
+                                 f"cohort {cohort.name!r} has {c}")
+
+
+def _names(classes: dict) -> str:
+    return ", ".join(f"{k}={list(v)}" for k, v in classes.items()) or "no classes recorded"
+
+
+def export_checkpoint(src: str | Path, dst: str | Path) -> Path:
+    """Copy a checkpoint without its training state (for sharing: weights and metadata only)."""
+    ckpt = load_checkpoint(src)
+    model = ckpt.build("cpu")
+    meta = {k: v for k, v in ckpt.meta.items() if k != "log"}
+    return save_checkpoint(dst, model, ckpt.config, meta)

@@ -1,0 +1,173 @@
+"""Device choice, whole-image / sliding-window / batched prediction, files and cancel."""
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from napari_fairseg.data.arrays import load_image, load_prediction
+from napari_fairseg.errors import Cancelled, InputDataError
+from napari_fairseg.inference import InferenceConfig, Predictor, choose_device, predict_pool_job
+from napari_fairseg.inference.device import autocast
+from napari_fairseg.inference.predict import map_path
+from napari_fairseg.models import ModelConfig, build_network, load_checkpoint, save_checkpoint
+from napari_fairseg.progress import run_job
+
+
+def test_device_choice_on_a_cpu_machine():
+    assert choose_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert choose_device("cpu").type == "cpu"
+    with pytest.raises(ValueError, match="device must be one of"):
+        choose_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA is not available"):
+            choose_device("cuda")
+    with autocast(torch.device("cpu")):  # no-op on the CPU: float32 stays float32
+        assert (torch.ones(2) @ torch.ones(2)).dtype == torch.float32
+
+
+class Pointwise(nn.Module):
+    """A 1×1 convolution: every voxel's output depends on that voxel only."""
+
+    def __init__(self, dims=3, out=1):
+        super().__init__()
+        self.conv = (nn.Conv3d if dims == 3 else nn.Conv2d)(1, out, 1)
+        torch.manual_seed(0)
+        nn.init.normal_(self.conv.weight)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def test_sliding_window_equals_whole_image_for_a_pointwise_network(rng):
+    x = torch.from_numpy(rng.normal(size=(1, 1, 40, 36, 30)).astype(np.float32))
+    model = Pointwise()
+    whole = Predictor(model, ModelConfig(), InferenceConfig(device="cpu")).logits(x)
+    sw_cfg = ModelConfig(patch_size=(16, 16, 16))
+    sliding = Predictor(model, sw_cfg, InferenceConfig(device="cpu", overlap=0.5)).logits(x)
+    assert sliding.shape == whole.shape == (1, 1, 40, 36, 30)
+    torch.testing.assert_close(sliding, whole, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(whole, model(x))
+
+
+def test_tta_of_a_flip_equivariant_network_is_the_plain_prediction(rng):
+    x = torch.from_numpy(rng.normal(size=(2, 1, 12, 10, 8)).astype(np.float32))
+    plain = Predictor(Pointwise(), ModelConfig(), InferenceConfig(device="cpu")).predict(x)
+    tta = Predictor(Pointwise(), ModelConfig(), InferenceConfig(device="cpu", uncertainty="tta")).predict(x)
+    torch.testing.assert_close(tta["probability"], plain["probability"])
+    assert tta["mutual_information"].abs().max() < 1e-5  # all passes agree
+
+
+def test_mc_dropout_needs_dropout_and_is_seeded(rng):
+    x = torch.from_numpy(rng.normal(size=(1, 1, 16, 16, 8)).astype(np.float32))
+    with pytest.raises(InputDataError, match="trained with dropout > 0"):
+        Predictor(build_network(ModelConfig()), ModelConfig(),
+                  InferenceConfig(device="cpu", uncertainty="mc")).predict(x)
+    cfg = ModelConfig(dropout=0.3)
+    torch.manual_seed(0)
+    model = build_network(cfg)
+    settings = InferenceConfig(device="cpu", uncertainty="mc", passes=4, seed=5)
+    a = Predictor(model, cfg, settings).predict(x)
+    b = Predictor(model, cfg, settings).predict(x)
+    torch.testing.assert_close(a["probability"], b["probability"])
+    assert a["mutual_information"].max() > 1e-4  # the passes differ
+    assert not any(m.training for m in model.modules())  # dropout switched back off
+    det = Predictor(model, cfg, InferenceConfig(device="cpu")).predict(x)
+    assert not torch.allclose(det["probability"], a["probability"])
+
+
+@pytest.fixture(scope="module")
+def brain_ckpt(tmp_path_factory):
+    cfg = ModelConfig(dropout=0.1)
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ck") / "brain.pt"
+    return load_checkpoint(save_checkpoint(path, build_network(cfg), cfg, {"classes": {"caudate": [1]}}))
+
+
+def test_pool_prediction_writes_files_in_the_cohort_geometry(tmp_path, tiny_brain, brain_ckpt):
+    predictor = Predictor.from_checkpoint(brain_ckpt, InferenceConfig(device="cpu", batch_size=4))
+    events = []
+    res = run_job(predict_pool_job(tiny_brain, predictor, out_dir=tmp_path, keep=True, checkpoint=brain_ckpt),
+                  on_progress=events.append)
+    assert [e.done for e in events] == [0, 4, 6] and events[-1].total == 6
+    scores = pd.read_csv(tmp_path / "scores.csv")
+    assert list(scores["case_id"]) == tiny_brain.case_ids
+    for cid in tiny_brain.case_ids:
+        case = load_image(tiny_brain, cid)
+        pred = load_prediction(tiny_brain, tmp_path, case)  # checks shape and affine
+        kept = res.predictions[cid]
+        np.testing.assert_array_equal(pred, kept.label)
+        ent = nib.load(map_path(tiny_brain, tmp_path, cid, "entropy"))
+        np.testing.assert_allclose(ent.affine, case.affine)
+        np.testing.assert_allclose(ent.get_fdata(), kept.maps["entropy"], atol=1e-6)
+        assert kept.maps["probability"].shape == (1, *case.spatial_shape)
+        row = scores.set_index("case_id").loc[cid]
+        assert row["masked_entropy"] == pytest.approx(kept.scores["masked_entropy"], rel=1e-5)
+
+
+def test_batched_equals_one_by_one(tiny_brain, brain_ckpt):
+    one = run_job(predict_pool_job(tiny_brain, Predictor.from_checkpoint(
+        brain_ckpt, InferenceConfig(device="cpu", batch_size=1)), keep=True))
+    many = run_job(predict_pool_job(tiny_brain, Predictor.from_checkpoint(
+        brain_ckpt, InferenceConfig(device="cpu", batch_size=5)), keep=True))
+    for cid in tiny_brain.case_ids:
+        np.testing.assert_allclose(one.predictions[cid].maps["probability"],
+                                   many.predictions[cid].maps["probability"], atol=1e-5)
+    pd.testing.assert_frame_equal(one.scores, many.scores, atol=1e-5)
+
+
+def test_fundus_predictions_are_fairseg_npz(tmp_path, fundus):
+    cfg = ModelConfig(network="unet", spatial_dims=2, label_values=(0, 1, 2), head="softmax",
+                      features=(4, 8), dropout=0.1)
+    ck = load_checkpoint(save_checkpoint(tmp_path / "f.pt", build_network(cfg), cfg, {"classes": fundus.classes}))
+    ids = fundus.case_ids[:3]
+    run_job(predict_pool_job(fundus, Predictor.from_checkpoint(ck, InferenceConfig(device="cpu", uncertainty="mc",
+                                                                                   passes=3)),
+                             ids, out_dir=tmp_path / "out", checkpoint=ck))
+    for cid in ids:
+        raw = np.load(tmp_path / "out" / f"{cid}.npz")
+        assert set(np.unique(raw["disc_cup_mask"])) <= {0, -1, -2}  # the dataset's own codes
+        maps = np.load(map_path(fundus, tmp_path / "out", cid))
+        assert maps["probability"].shape == (3, 128, 128)
+        np.testing.assert_allclose(maps["probability"].sum(axis=0), 1, atol=1e-5)
+        assert {"entropy", "mutual_information", "roi"} <= set(maps.files)
+
+
+def test_wrong_checkpoint_fails_before_writing(tmp_path, fundus, brain_ckpt):
+    predictor = Predictor.from_checkpoint(brain_ckpt, InferenceConfig(device="cpu"))
+    with pytest.raises(InputDataError, match="another task"):
+        run_job(predict_pool_job(fundus, predictor, fundus.case_ids[:2], out_dir=tmp_path, checkpoint=brain_ckpt))
+    assert not any(tmp_path.iterdir())
+
+
+def test_cancel_leaves_only_complete_files(tmp_path, tiny_brain, brain_ckpt):
+    predictor = Predictor.from_checkpoint(brain_ckpt, InferenceConfig(device="cpu", batch_size=2))
+    seen = []
+    with pytest.raises(Cancelled):
+        run_job(predict_pool_job(tiny_brain, predictor, out_dir=tmp_path), on_progress=seen.append,
+                should_cancel=lambda: len(seen) >= 2)
+    written = sorted(p.name for p in tmp_path.glob("*.nii.gz"))
+    assert written == [f"{c}.nii.gz" for c in tiny_brain.case_ids[:2]]
+    assert not (tmp_path / "scores.csv").exists()
+    assert not [p for p in tmp_path.rglob("*") if ".part" in p.name]
+    for name in written:
+        nib.load(tmp_path / name).get_fdata()  # complete, readable
+
+
+def test_nan_image_names_the_case(tmp_path, tiny_brain, brain_ckpt):
+    from napari_fairseg.data.manifest import Cohort
+
+    cid = tiny_brain.case_ids[0]
+    img = nib.load(tiny_brain.row(cid)["image"])
+    data = img.get_fdata().astype(np.float32)
+    data[0, 0, 0] = np.nan
+    bad = tmp_path / "bad.nii.gz"
+    nib.save(nib.Nifti1Image(data, img.affine), str(bad))
+    cases = tiny_brain.cases.copy()
+    cases.loc[cases["case_id"] == cid, "image"] = str(bad)
+    cohort = Cohort(cases, "nifti", tiny_brain.classes, "bad")
+    with pytest.raises(InputDataError, match="bad.nii.gz.*NaN"):
+        run_job(predict_pool_job(cohort, Predictor.from_checkpoint(brain_ckpt, InferenceConfig(device="cpu")), [cid]))
