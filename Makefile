@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH_CONSTRAINT ?= -c constraints/cpu.txt
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench zoo clean
 
 $(STAMP): pyproject.toml setup.cfg constraints/cpu.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,19 @@ test: $(STAMP) lint
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_metrics.py
+	$(BIN)/python benchmarks/bench_engine.py
+
+# Rebuild the bundled checkpoints (napari_fairseg/models/zoo/README.md).
+ZOO := napari_fairseg/models/zoo
+zoo: $(STAMP)
+	$(BIN)/fairseg --quiet sample brain --out build/zoo/brain
+	$(BIN)/fairseg --quiet train build/zoo/brain/manifest.csv --out build/zoo/brain-light-unet.pt \
+	    --network light_unet --dropout 0.1 --epochs 150 --lr 3e-3 --seed 0
+	$(BIN)/fairseg --quiet train sample_data/fundus --out build/zoo/fundus-unet2d.pt \
+	    --network unet --features 8,16,32,64 --dropout 0.1 --epochs 60 --lr 3e-3 --seed 0
+	$(BIN)/python -c "from napari_fairseg.models.checkpoint import export_checkpoint as e; \
+	    [e(f'build/zoo/{n}.pt', f'$(ZOO)/{n}.pt') for n in ('brain-light-unet', 'fundus-unet2d')]"
+	cp build/zoo/*.log.csv $(ZOO)/
 
 clean:
 	rm -rf $(VENV) demo_output build *.egg-info

@@ -1,7 +1,8 @@
 """The ``fairseg`` command line: a thin skin over the headless core.
 
-Subcommands: ``audit`` (fairness audit of predictions), ``sample`` (write a sample cohort),
-``demo`` (sample cohort → atlas-baseline predictions → audit report).
+Subcommands: ``train`` (train or fine-tune a network, optionally with a fairness objective),
+``predict`` (predictions and uncertainty maps), ``audit`` (fairness audit of predictions),
+``sample`` (write a sample cohort), ``demo`` (sample cohort → bundled network → audit report).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import Cancelled, FairSegError
+from .errors import Cancelled, FairSegError, InputDataError
 from .progress import Progress, run_job
 
 
@@ -78,6 +79,77 @@ def _print_headline(audit) -> None:
                       f"worst group {e['worst_group']}")
 
 
+def _ints(text: str | None) -> tuple[int, ...] | None:
+    if not text:
+        return None
+    try:
+        return tuple(int(t) for t in text.replace("x", ",").split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from None
+
+
+def _names(text: str | None) -> tuple[str, ...]:
+    return tuple(a.strip() for a in (text or "").split(",") if a.strip())
+
+
+def _cmd_train(args) -> int:
+    from .data.readers import open_cohort
+    from .training import TrainConfig, model_config_for, train_job
+
+    cohort = open_cohort(args.cohort, metadata=args.metadata)
+    config = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, loss=args.loss, fairness=args.fairness,
+        group_attribute=args.group_attribute, attributes=_names(args.attributes), alpha=args.alpha,
+        min_support=args.min_support, dro_eta=args.dro_eta, equal_scale_target=args.equal_scale_target,
+        pseudo_label_split=args.pseudo_label_split, pseudo_weight=args.pseudo_weight, chi=args.chi,
+        val_fraction=args.val_fraction, seed=args.seed, device=args.device, amp=not args.no_amp)
+    model_config = None
+    if not (args.resume or args.init):
+        overrides = {"dropout": args.dropout}
+        if args.features:
+            overrides["features"] = _ints(args.features)
+        if args.patch:
+            overrides["patch_size"] = _ints(args.patch)
+        model_config = model_config_for(cohort, network=args.network, **overrides)
+    result = _run(train_job(cohort, model_config, config, out=args.out, resume=args.resume, init=args.init),
+                  args.quiet)
+    last = result.log.iloc[-1] if len(result.log) else {}
+    groups = {k[9:-1]: v for k, v in dict(last).items() if k.startswith("val_dice[")}
+    print(f"trained {result.config.network} ({result.meta['device']}) for {config.epochs} epochs; "
+          f"last val Dice {last.get('val_dice', float('nan')):.4f}"
+          + ("".join(f"  {g} {v:.4f}" for g, v in groups.items())))
+    print(f"checkpoint: {args.out}\nlog: {Path(args.out).with_name(Path(args.out).stem + '.log.csv')}")
+    return 0
+
+
+def _cmd_predict(args) -> int:
+    from .data.readers import open_cohort
+    from .inference import InferenceConfig, Predictor, predict_pool_job
+    from .models.checkpoint import check_compatible, load_checkpoint
+    from .models.zoo import resolve_checkpoint
+
+    cohort = open_cohort(args.cohort, metadata=args.metadata)
+    ckpt = load_checkpoint(resolve_checkpoint(args.model))
+    check_compatible(ckpt, cohort)
+    settings = InferenceConfig(device=args.device, amp=not args.no_amp, batch_size=args.batch_size,
+                               uncertainty=args.uncertainty, passes=args.passes, roi_radius=args.roi_radius,
+                               empty=args.empty, seed=args.seed)
+    ids = list(_names(args.cases)) or None
+    if args.split:
+        ids = [c for c in (ids or cohort.case_ids) if cohort.row(c)["split"] == args.split]
+        if not ids:
+            raise InputDataError(cohort.source, f"no cases in split {args.split!r}")
+    predictor = Predictor.from_checkpoint(ckpt, settings)
+    result = _run(predict_pool_job(cohort, predictor, ids, out_dir=args.out, write_maps=not args.no_maps,
+                                   checkpoint=ckpt), args.quiet)
+    print(f"predicted {len(result.scores)} cases on {result.device} in {result.seconds:.1f} s -> {args.out}")
+    if "masked_entropy" in result.scores:
+        top = result.scores.sort_values("masked_entropy", ascending=False).head(5)
+        print("most uncertain (masked scaled entropy): "
+              + ", ".join(f"{r.case_id} {r.masked_entropy:.4f}" for r in top.itertuples()))
+    return 0
+
+
 def _sample_dir(kind: str, seed: int, cases: int | None, bias: str) -> Path:
     from .data.synthetic import cache_dir
 
@@ -103,7 +175,6 @@ def _cmd_sample(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from .baseline import atlas_predictions_job
     from .data.readers import open_cohort
     from .report.audit import AuditConfig, audit_job, write_audit
 
@@ -123,14 +194,34 @@ def _cmd_demo(args) -> int:
             cohort_path = cohort_path / "manifest.csv"
     cohort = open_cohort(cohort_path)
     preds = out / "predictions"
-    print("predictions: atlas baseline (majority label of the training cases) -> " + str(preds))
-    _run(atlas_predictions_job(cohort, preds), args.quiet)
+    test_ids = cohort.cases.loc[cohort.cases["split"] == "test", "case_id"].tolist()
+    if args.predictor == "atlas":
+        from .baseline import atlas_predictions_job
+
+        print("predictions: atlas baseline (majority label of the training cases) -> " + str(preds))
+        _run(atlas_predictions_job(cohort, preds), args.quiet)
+    else:
+        from .inference import InferenceConfig, Predictor, predict_pool_job
+        from .models.checkpoint import load_checkpoint
+        from .models.zoo import bundled_checkpoint
+
+        ckpt = load_checkpoint(bundled_checkpoint(args.kind))
+        predictor = Predictor.from_checkpoint(ckpt, InferenceConfig(uncertainty="entropy"))
+        print(f"predictions: bundled {ckpt.config.network} checkpoint on {predictor.device_name} -> {preds}")
+        result = _run(predict_pool_job(cohort, predictor, test_ids, out_dir=preds, checkpoint=ckpt), args.quiet)
+        top = result.scores.sort_values("masked_entropy", ascending=False).head(3)
+        print("most uncertain test cases (masked scaled entropy): "
+              + ", ".join(f"{r.case_id} {r.masked_entropy:.4f}" for r in top.itertuples()))
     attrs = ("group", "sex", "age") if args.kind == "brain" else ("race", "gender", "age", "ethnicity", "language")
     audit = _run(audit_job(cohort, preds, AuditConfig(attributes=attrs, split="test", min_group_size=5)), args.quiet)
     paths = write_audit(audit, out / "audit")
     _print_headline(audit)
     print(f"report: {paths['report']}")
     return 0
+
+
+NETWORK_CHOICES = ("light_unet", "unet", "segresnet", "swinunetr")
+OBJECTIVE_CHOICES = ("none", "divergence", "groupdro", "equal-scale")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,6 +245,57 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--mamamia", action="store_true", help="also compute MAMA-MIA PS/FS/TS")
     a.set_defaults(func=_cmd_audit)
 
+    t = sub.add_parser("train", help="train or fine-tune a segmentation network")
+    t.add_argument("cohort", help="manifest CSV or dataset folder")
+    t.add_argument("--out", required=True, help="checkpoint to write (log: <stem>.log.csv beside it)")
+    t.add_argument("--metadata", help="metadata table (CSV/XLSX) joined by case id")
+    t.add_argument("--network", choices=list(NETWORK_CHOICES), default="light_unet",
+                   help="light_unet (seed 001, 3D; 2D cohorts get unet), unet, segresnet, swinunetr")
+    t.add_argument("--features", help="feature widths per level, e.g. 8,16")
+    t.add_argument("--dropout", type=float, default=0.0, help="dropout (> 0 enables MC-dropout uncertainty)")
+    t.add_argument("--patch", help="training crop / sliding window size, e.g. 96,96,64 (default whole images)")
+    t.add_argument("--fairness", choices=list(OBJECTIVE_CHOICES), default="none")
+    t.add_argument("--epochs", type=int, default=40)
+    t.add_argument("--batch-size", type=int, default=2)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--loss", choices=["dicece", "bce", "auto"], default="dicece")
+    t.add_argument("--group-attribute", help="groups for per-group validation Dice, GroupDRO and equal-scale")
+    t.add_argument("--attributes", help="comma-separated attributes for divergence subgroups (default all)")
+    t.add_argument("--alpha", type=float, default=0.2, help="divergence: weight of the plain loss term")
+    t.add_argument("--min-support", type=float, default=0.05, help="divergence: DivExplorer minimum support")
+    t.add_argument("--dro-eta", type=float, default=0.01, help="GroupDRO step size")
+    t.add_argument("--equal-scale-target", type=int, help="equal-scale: cases per group per epoch")
+    t.add_argument("--pseudo-label-split", help="unlabelled target-domain split trained with pseudo-labels")
+    t.add_argument("--pseudo-weight", type=float, default=1.0)
+    t.add_argument("--chi", type=float, default=0.05, help="pseudo-label uncertainty threshold")
+    t.add_argument("--val-fraction", type=float, default=0.25)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cuda, mps or cpu")
+    t.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
+    g = t.add_mutually_exclusive_group()
+    g.add_argument("--resume", help="continue an interrupted run from its checkpoint")
+    g.add_argument("--init", help="fine-tune from this checkpoint (or 'brain' / 'fundus')")
+    t.set_defaults(func=_cmd_train)
+
+    r = sub.add_parser("predict", help="predictions and uncertainty maps with a trained network")
+    r.add_argument("cohort", help="manifest CSV or dataset folder")
+    r.add_argument("--model", required=True, help="checkpoint file, or 'brain' / 'fundus' for the bundled ones")
+    r.add_argument("--out", required=True, help="output folder: <case_id> predictions, maps/, scores.csv")
+    r.add_argument("--metadata", help="metadata table (CSV/XLSX) joined by case id")
+    r.add_argument("--uncertainty", choices=["none", "entropy", "mc", "tta"], default="entropy")
+    r.add_argument("--passes", type=int, default=8, help="MC-dropout passes")
+    r.add_argument("--roi-radius", type=int, default=3, help="ROI dilation for the masked entropy (voxels)")
+    r.add_argument("--empty", choices=["max", "whole", "nan"], default="max",
+                   help="masked entropy of an empty prediction")
+    r.add_argument("--split", help="only this split")
+    r.add_argument("--cases", help="comma-separated case ids")
+    r.add_argument("--batch-size", type=int, default=2)
+    r.add_argument("--device", default="auto")
+    r.add_argument("--no-amp", action="store_true")
+    r.add_argument("--no-maps", action="store_true", help="write predictions and scores only")
+    r.add_argument("--seed", type=int, default=0, help="seed of the MC-dropout masks")
+    r.set_defaults(func=_cmd_predict)
+
     s = sub.add_parser("sample", help="write a synthetic sample cohort")
     s.add_argument("kind", choices=["brain", "fundus"])
     s.add_argument("--out", required=True)
@@ -162,9 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bias", choices=["strong", "weak"], default="strong", help="brain Group 1 deformation")
     s.set_defaults(func=_cmd_sample)
 
-    d = sub.add_parser("demo", help="audit a sample cohort with atlas-baseline predictions")
+    d = sub.add_parser("demo", help="predict a sample cohort's test split with the bundled network and audit it")
     d.add_argument("--out", default="demo_output")
     d.add_argument("--kind", choices=["brain", "fundus"], default="brain")
+    d.add_argument("--predictor", choices=["network", "atlas"], default="network",
+                   help="the bundled network (default) or the model-free atlas baseline")
     d.set_defaults(func=_cmd_demo)
     return p
 
@@ -173,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (FairSegError, FileNotFoundError) as exc:
+    except (FairSegError, FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"fairseg: error: {exc}", file=sys.stderr)
         return 2
     except Cancelled as exc:

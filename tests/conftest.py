@@ -19,3 +19,75 @@ def save_nifti(path, data, affine=None):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def tiny_brain(tmp_path_factory):
+    """A 6-case brain cohort on a small grid (both groups, train/test splits)."""
+    from napari_fairseg.data.synthetic import make_sample
+
+    out = tmp_path_factory.mktemp("tiny_brain")
+    return make_sample("brain", out, n_cases=6, seed=3, shape=(32, 32, 24), spacing=3.0)
+
+
+@pytest.fixture(scope="session")
+def fundus():
+    """The bundled fundus sample (FairSeg npz)."""
+    from pathlib import Path
+
+    from napari_fairseg.data.readers import open_cohort
+
+    return open_cohort(Path(__file__).resolve().parent.parent / "sample_data" / "fundus")
+
+
+def write_toy_cohort(out, *, n_major=12, n_minor=3, val=(6, 2), n_target=0, size=32, seed=0):
+    """A small biased 2D cohort (PNG images and masks) for training tests.
+
+    The majority group has bright disks on a dark background, the minority group dark disks on
+    a bright one, so a network trained on the pooled data learns the majority's rule first and
+    fails the minority: the gap every fairness objective should narrow. ``val`` gives the
+    validation cases per group (majority, minority); ``target`` cases (split ``pool``) come
+    from a shifted, low-contrast domain, for pseudo-label tests. A ``site`` attribute
+    alternates a/b.
+    """
+    from pathlib import Path
+
+    import pandas as pd
+    from PIL import Image
+
+    from napari_fairseg.data.manifest import Cohort
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    rows = []
+
+    def case(i, group, split):
+        yy, xx = np.mgrid[:size, :size]
+        cy, cx = rng.uniform(10, size - 10, 2)
+        r = rng.uniform(5, 8)
+        disk = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+        fg, bg = {"major": (0.7, 0.3), "minor": (0.3, 0.7), "target": (0.68, 0.52)}[group]
+        img = np.clip(np.where(disk, fg, bg) + rng.normal(0, 0.08, disk.shape), 0, 1)
+        cid = f"{group}_{split}_{i:02d}"
+        Image.fromarray((img * 255).astype(np.uint8)).save(out / f"{cid}.png")
+        Image.fromarray((disk * 255).astype(np.uint8)).save(out / f"{cid}_mask.png")
+        rows.append({"case_id": cid, "image": str(out / f"{cid}.png"), "label": str(out / f"{cid}_mask.png"),
+                     "split": split, "group": group, "site": "a" if i % 2 else "b"})
+
+    for i in range(n_major):
+        case(i, "major", "train")
+    for i in range(n_minor):
+        case(i, "minor", "train")
+    for i in range(val[0]):
+        case(i, "major", "val")
+    for i in range(val[1]):
+        case(i, "minor", "val")
+    for i in range(n_target):
+        case(i, "target", "pool")
+    return Cohort(pd.DataFrame(rows), "image2d", {"disk": (1,)}, "toy", source=out)
+
+
+@pytest.fixture(scope="session")
+def toy(tmp_path_factory):
+    return write_toy_cohort(tmp_path_factory.mktemp("toy"))

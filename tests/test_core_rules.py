@@ -10,7 +10,8 @@ from napari_fairseg.errors import Cancelled
 from napari_fairseg.progress import Progress, run_job
 
 CORE = ["napari_fairseg", "napari_fairseg.data", "napari_fairseg.data.synthetic", "napari_fairseg.metrics",
-        "napari_fairseg.report", "napari_fairseg.baseline", "napari_fairseg.cli"]
+        "napari_fairseg.report", "napari_fairseg.baseline", "napari_fairseg.cli", "napari_fairseg.models",
+        "napari_fairseg.inference", "napari_fairseg.training"]
 
 BLOCKER = """
 import sys, importlib.abc
@@ -67,3 +68,26 @@ def test_run_job_returns_reports_and_cancels():
     with pytest.raises(Cancelled, match="work"):
         run_job(job(), should_cancel=lambda: True)
     assert closed == [True, True]
+
+
+def test_atomic_writes_get_normal_file_permissions(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        new = write_text_atomic(tmp_path / "new.txt", "a")
+        assert stat.S_IMODE(new.stat().st_mode) == 0o644  # not mkstemp's private 0600
+        os.chmod(new, 0o640)
+        write_text_atomic(new, "b")
+        assert stat.S_IMODE(new.stat().st_mode) == 0o640  # an existing file keeps its mode
+    finally:
+        os.umask(old)
+
+
+def test_cli_choices_follow_the_core_registries():
+    from napari_fairseg import cli
+    from napari_fairseg.models import NETWORKS
+    from napari_fairseg.training import OBJECTIVES
+
+    assert cli.NETWORK_CHOICES == NETWORKS and cli.OBJECTIVE_CHOICES == OBJECTIVES

@@ -45,7 +45,8 @@ def intersection_table(values, a, b, *, min_size: int = 10) -> tuple[pd.DataFram
 
 
 def discover_subgroups(table: pd.DataFrame, outcome: str, attributes: Sequence[str], *,
-                       min_support: float = 0.05, max_length: int | None = None) -> pd.DataFrame:
+                       min_support: float = 0.05, max_length: int | None = None,
+                       with_items: bool = False) -> pd.DataFrame:
     """Divergent subgroups of a per-case outcome, found with DivExplorer.
 
     Parameters
@@ -60,6 +61,9 @@ def discover_subgroups(table: pd.DataFrame, outcome: str, attributes: Sequence[s
         Minimum fraction of cases in a subgroup.
     max_length : int, optional
         Keep conjunctions of at most this many items.
+    with_items : bool
+        Add an ``items`` column: the subgroup as a tuple of ``(attribute, value)`` pairs (values
+        as strings, missing ones as ``unknown``), for matching cases to subgroups.
 
     Returns
     -------
@@ -74,7 +78,7 @@ def discover_subgroups(table: pd.DataFrame, outcome: str, attributes: Sequence[s
         raise ValueError(f"min_support must be in (0, 1], got {min_support}")
     data = table[[*attributes, outcome]].copy()
     data = data[data[outcome].notna()].reset_index(drop=True)
-    cols = ["subgroup", "length", "support", "n", "mean", "divergence", "t"]
+    cols = ["subgroup", "length", "support", "n", "mean", "divergence", "t"] + (["items"] if with_items else [])
     if data.empty:
         return pd.DataFrame(columns=cols)
     for att in attributes:
@@ -93,5 +97,6 @@ def discover_subgroups(table: pd.DataFrame, outcome: str, attributes: Sequence[s
         "mean": found[outcome].astype(float),
         "divergence": found[f"{outcome}_div"].astype(float),
         "t": found[f"{outcome}_t"].astype(float),
+        "items": found["itemset"].map(lambda s: tuple(sorted(tuple(i.split("=", 1)) for i in s))),
     })
     return out.sort_values(["divergence", "length", "subgroup"]).reset_index(drop=True)[cols]

@@ -19,8 +19,7 @@ def draw_heatmap(ax, mean: pd.DataFrame, count: pd.DataFrame, *, metric: str = "
     import matplotlib as mpl
 
     data = np.ma.masked_invalid(mean.to_numpy(dtype=float))
-    cmap = mpl.colormaps["RdYlGn"].copy()
-    cmap.set_bad("#d9d9d9")
+    cmap = mpl.colormaps["RdYlGn"].with_extremes(bad="#d9d9d9")
     finite = data.compressed()
     lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
     if hi - lo < 1e-6:

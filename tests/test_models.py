@@ -1,0 +1,155 @@
+"""Network registry, padding, and safe checkpoints."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from napari_fairseg.errors import InputDataError
+from napari_fairseg.models import (
+    ModelConfig,
+    build_network,
+    check_compatible,
+    load_checkpoint,
+    pad_to_divisible,
+    save_checkpoint,
+    size_divisor,
+)
+from napari_fairseg.models.zoo import BUNDLED, bundled_checkpoint, resolve_checkpoint
+
+
+@pytest.mark.parametrize(("network", "dims"), [("light_unet", 3), ("unet", 2), ("unet", 3), ("segresnet", 3),
+                                               ("swinunetr", 2)])
+def test_every_network_takes_odd_sizes_and_gives_them_back(network, dims):
+    cfg = ModelConfig(network=network, spatial_dims=dims, in_channels=2, label_values=(0, 1, 2), head="softmax")
+    model = build_network(cfg).eval()
+    x = torch.randn((1, 2, 19, 23, 13) if dims == 3 else (1, 2, 37, 29))
+    xp, crop = pad_to_divisible(x, size_divisor(cfg))
+    assert all(s % size_divisor(cfg) == 0 for s in xp.shape[2:])
+    assert torch.equal(xp[crop], x)  # padding is symmetric zeros around the original
+    with torch.no_grad():
+        y = model(xp)[crop]
+    assert y.shape == (1, 3, *x.shape[2:])
+
+
+def test_light_unet_is_seed_001s_network():
+    model = build_network(ModelConfig())
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv3d | nn.ConvTranspose3d)]
+    assert {m.out_channels for m in convs} - {1} == {8, 16}  # two levels: 8 and 16 features
+    assert any(isinstance(m, nn.GroupNorm) for m in model.modules())
+    assert not any(isinstance(m, nn.InstanceNorm3d | nn.BatchNorm3d) for m in model.modules())
+    assert any(isinstance(m, nn.ReLU) for m in model.modules())
+    assert ModelConfig().out_channels == 1 and ModelConfig().head == "sigmoid"
+    assert size_divisor(ModelConfig()) == 2
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"network": "vnet"}, "network must be one of"),
+    ({"label_values": (0, 1, 2)}, "sigmoid head predicts exactly two"),
+    ({"label_values": (1, 2)}, "start with background 0"),
+    ({"patch_size": (33, 32, 32)}, "multiple of 2"),
+    ({"network": "light_unet", "spatial_dims": 2}, "3D network"),
+    ({"dropout": 1.0}, "dropout must be in"),
+])
+def test_config_errors_name_the_value(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ModelConfig(**kwargs)
+
+
+def test_checkpoint_round_trip_keeps_weights_and_metadata(tmp_path):
+    cfg = ModelConfig(dropout=0.1, patch_size=(16, 16, 16))
+    torch.manual_seed(0)
+    model = build_network(cfg).eval()
+    path = save_checkpoint(tmp_path / "m.pt", model, cfg, {"classes": {"caudate": (1,)}, "cohort": "x"})
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]  # no temporary file left behind
+    ckpt = load_checkpoint(path)
+    assert ckpt.config == cfg and ckpt.classes == {"caudate": (1,)} and ckpt.meta["cohort"] == "x"
+    assert ckpt.meta["package_version"]
+    x = torch.randn(1, 1, 16, 16, 8)
+    with torch.no_grad():
+        assert torch.equal(ckpt.build()(x), model(x))
+
+
+class _Evil:
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+def test_loading_never_unpickles_arbitrary_objects(tmp_path):
+    evil = _Evil()
+    evil.marker = str(tmp_path / "pwned")
+    payload = {"format": "napari-fairseg-checkpoint", "format_version": 1, "config": "{}", "meta": "{}",
+               "state_dict": {}, "hook": evil}
+    path = tmp_path / "evil.pt"
+    torch.save(payload, path)
+    # the file really is a code-executing pickle: unrestricted unpickling runs it
+    with pytest.raises(InputDataError, match="refused to load"):
+        load_checkpoint(path)
+    assert not (tmp_path / "pwned").exists()
+    torch.load(path, weights_only=False)
+    assert (tmp_path / "pwned").exists()
+
+
+def test_corrupt_and_foreign_files_get_clear_errors(tmp_path):
+    cfg = ModelConfig()
+    good = save_checkpoint(tmp_path / "good.pt", build_network(cfg), cfg)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[:200])
+    with pytest.raises(InputDataError, match=r"truncated\.pt: not a readable checkpoint"):
+        load_checkpoint(truncated)
+    foreign = tmp_path / "foreign.pt"
+    torch.save(build_network(cfg).state_dict(), foreign)
+    with pytest.raises(InputDataError, match="not a napari-fairseg checkpoint"):
+        load_checkpoint(foreign)
+    with pytest.raises(InputDataError, match="checkpoint file not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+    text = tmp_path / "notes.pt"
+    text.write_text("hello")
+    with pytest.raises(InputDataError, match="notes.pt"):
+        load_checkpoint(text)
+
+
+def test_weights_that_do_not_fit_the_config(tmp_path):
+    cfg = ModelConfig()
+    path = save_checkpoint(tmp_path / "m.pt", build_network(ModelConfig(features=(4, 8))), cfg)
+    with pytest.raises(InputDataError, match="weights do not fit"):
+        load_checkpoint(path).build()
+
+
+def test_checkpoint_for_another_task_is_refused(tmp_path, tiny_brain, fundus):
+    fundus_cfg = ModelConfig(network="unet", spatial_dims=2, label_values=(0, 1, 2), head="softmax")
+    ck = load_checkpoint(save_checkpoint(tmp_path / "f.pt", build_network(fundus_cfg), fundus_cfg,
+                                         {"classes": fundus.classes}))
+    with pytest.raises(InputDataError, match="trained for another task"):
+        check_compatible(ck, tiny_brain)
+    check_compatible(ck, fundus, image_shape=(1, 128, 128))
+    with pytest.raises(InputDataError, match="expects 1 image channel"):
+        check_compatible(ck, fundus, image_shape=(3, 128, 128))
+    with pytest.raises(InputDataError, match="2D model but cohort"):
+        check_compatible(ck, fundus, image_shape=(1, 8, 8, 8))
+
+
+def test_bundled_checkpoints_fit_their_sample_cohorts(tiny_brain, fundus):
+    for name, cohort in (("brain", tiny_brain), ("fundus", fundus)):
+        ck = load_checkpoint(resolve_checkpoint(name))
+        check_compatible(ck, cohort)
+        assert ck.meta["epoch"] >= 1 and ck.meta["val_dice"] > 0.6, (name, ck.meta.get("val_dice"))
+        assert ck.config.dropout > 0  # MC dropout works out of the box
+    assert set(BUNDLED) == {"brain", "fundus"}
+    with pytest.raises(InputDataError, match="bundled ones: brain, fundus"):
+        resolve_checkpoint("nope")
+    with pytest.raises(ValueError):
+        bundled_checkpoint("nope")
+
+
+def test_checkpoint_bytes_are_plain_containers(tmp_path):
+    cfg = ModelConfig()
+    path = save_checkpoint(tmp_path / "m.pt", build_network(cfg), cfg, {"shape": np.int64(3)})
+    payload = torch.load(path, weights_only=True)
+    assert isinstance(payload["config"], str) and isinstance(payload["meta"], str)
+    assert json.loads(payload["meta"])["shape"] == 3  # numpy scalars become JSON numbers
+    assert all(isinstance(v, torch.Tensor) for v in payload["state_dict"].values())
