@@ -171,3 +171,19 @@ def test_nan_image_names_the_case(tmp_path, tiny_brain, brain_ckpt):
     cohort = Cohort(cases, "nifti", tiny_brain.classes, "bad")
     with pytest.raises(InputDataError, match="bad.nii.gz.*NaN"):
         run_job(predict_pool_job(cohort, Predictor.from_checkpoint(brain_ckpt, InferenceConfig(device="cpu")), [cid]))
+
+
+def test_pool_scoring_without_maps_gives_the_same_scores(tiny_brain, brain_ckpt):
+    full = run_job(predict_pool_job(tiny_brain, Predictor.from_checkpoint(
+        brain_ckpt, InferenceConfig(device="cpu", roi_radius=2)), keep=True))
+    lean = run_job(predict_pool_job(tiny_brain, Predictor.from_checkpoint(
+        brain_ckpt, InferenceConfig(device="cpu", roi_radius=2, maps=False)), keep=True))
+    for col in ("masked_entropy", "roi_voxels", "roi_empty", "foreground_voxels"):
+        np.testing.assert_allclose(lean.scores[col].astype(float), full.scores[col].astype(float), rtol=1e-5)
+    for cid in tiny_brain.case_ids:
+        np.testing.assert_array_equal(lean.predictions[cid].label, full.predictions[cid].label)
+        assert lean.predictions[cid].maps == {}
+        roi = full.predictions[cid].maps["roi"]
+        ent = full.predictions[cid].maps["entropy"]
+        if roi.any():  # hand check of Eq. 1 from the full maps
+            assert full.scores.set_index("case_id").loc[cid, "masked_entropy"] == pytest.approx(ent[roi].mean(), rel=1e-5)

@@ -8,6 +8,7 @@ yields a progress event per batch (cancel is checked there).
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -33,11 +34,12 @@ from .uncertainty import (
     EMPTY_RULES,
     PassAccumulator,
     decode,
+    dilated_boxes,
     entropy,
     masked_scaled_entropy,
+    masked_scaled_entropy_in_boxes,
     max_entropy,
     probabilities,
-    roi_mask,
 )
 
 UNCERTAINTY = ("none", "entropy", "mc", "tta")
@@ -71,6 +73,15 @@ class InferenceConfig:
         Score of a case whose prediction is empty (see :func:`~.uncertainty.masked_scaled_entropy`).
     seed : int
         Seeds the dropout masks of MC passes.
+    prefetch : str
+        Decode the next batch in a background thread while this one computes: ``on``,
+        ``off``, or ``auto`` — on when the model runs on a GPU or the CPU has cores torch does
+        not use (measured: on a 2-core CPU both fight for the same cores and prefetching
+        costs ~15%; see ``benchmarks/bench_engine.py``).
+    maps : bool
+        Keep whole-image maps (probability, entropy, ROI, mutual information) and the mean
+        entropy. ``False`` is pool scoring for active learning: label and masked scaled entropy
+        only, the entropy computed inside the ROI alone (same values, less work).
     """
 
     device: str = "auto"
@@ -83,6 +94,8 @@ class InferenceConfig:
     roi_radius: int = 3
     empty: str = "max"
     seed: int = 0
+    prefetch: str = "auto"
+    maps: bool = True
 
     def __post_init__(self):
         if self.uncertainty not in UNCERTAINTY:
@@ -93,6 +106,8 @@ class InferenceConfig:
             raise ValueError("batch_size and sw_batch_size must be >= 1")
         if self.uncertainty == "mc" and self.passes < 2:
             raise ValueError(f"MC dropout needs passes >= 2, got {self.passes}")
+        if self.prefetch not in ("auto", "on", "off"):
+            raise ValueError(f"prefetch must be 'auto', 'on' or 'off', got {self.prefetch!r}")
         if not 0 <= self.overlap < 1:
             raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
         if self.roi_radius < 0:
@@ -150,6 +165,13 @@ class Predictor:
     def device_name(self) -> str:
         return describe(self.device)
 
+    @property
+    def prefetch(self) -> bool:
+        """Whether pool jobs decode the next batch while this one computes."""
+        if self.settings.prefetch != "auto":
+            return self.settings.prefetch == "on"
+        return self.device.type != "cpu" or (os.cpu_count() or 1) > torch.get_num_threads()
+
     # ------------------------------------------------------------------ forward
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, K, *S)`` float32 for normalised images ``x`` ``(B, C, *S)`` on the device.
@@ -169,8 +191,10 @@ class Predictor:
                 out = self.model(xp)[crop]
         return out.float()
 
-    def _passes(self, x: torch.Tensor) -> PassAccumulator:
+    def _passes(self, x: torch.Tensor) -> PassAccumulator | torch.Tensor:
         mode, head = self.settings.uncertainty, self.config.head
+        if mode not in ("mc", "tta"):
+            return probabilities(self.logits(x), head)
         acc = PassAccumulator(head)
         if mode == "mc":
             drops = _dropout_modules(self.model)
@@ -192,8 +216,6 @@ class Predictor:
             acc.add(probabilities(self.logits(x), head))
             for axis in range(2, x.ndim):
                 acc.add(torch.flip(probabilities(self.logits(torch.flip(x, (axis,))), head), (axis,)))
-        else:
-            acc.add(probabilities(self.logits(x), head))
         return acc
 
     def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -207,18 +229,30 @@ class Predictor:
         s, cfg = self.settings, self.config
         x = x.to(self.device, non_blocking=True)
         acc = self._passes(x)
-        prob = acc.mean()
+        prob = acc.mean() if isinstance(acc, PassAccumulator) else acc
         out = {"probability": prob, "label": decode(prob, cfg.head, cfg.label_values)}
         if s.uncertainty == "none":
             return out
+        top = max_entropy(cfg.head, len(cfg.label_values))
+        fg = out["label"] != 0
+        boxes = dilated_boxes(fg, s.roi_radius)
+        out["foreground_voxels"] = torch.tensor([0 if b is None else int(fg[i][b[0]].sum())
+                                                 for i, b in enumerate(boxes)])
+        out["roi_voxels"] = torch.tensor([0 if b is None else int(b[1].sum()) for b in boxes])
+        if not s.maps:
+            del out["probability"]
+            out["masked_entropy"], out["roi_empty"] = masked_scaled_entropy_in_boxes(
+                prob, boxes, cfg.head, empty=s.empty, max_value=top)
+            return out
+        roi = torch.zeros_like(fg)
+        for i, b in enumerate(boxes):
+            if b is not None:
+                roi[i][b[0]] = b[1]
+        dims = tuple(range(1, roi.ndim))
         ent = entropy(prob, cfg.head)
-        roi = roi_mask(out["label"], s.roi_radius)
-        dims = tuple(range(1, ent.ndim))
-        out["masked_entropy"], out["roi_empty"] = masked_scaled_entropy(
-            ent, roi, empty=s.empty, max_value=max_entropy(cfg.head, len(cfg.label_values)))
-        out.update(entropy=ent, roi=roi, mean_entropy=ent.mean(dim=dims), roi_voxels=roi.sum(dim=dims),
-                   foreground_voxels=(out["label"] != 0).sum(dim=dims))
-        if acc.n > 1:
+        out["masked_entropy"], out["roi_empty"] = masked_scaled_entropy(ent, roi, empty=s.empty, max_value=top)
+        out.update(entropy=ent, roi=roi, mean_entropy=ent.mean(dim=dims))
+        if isinstance(acc, PassAccumulator):
             out["mutual_information"] = acc.mutual_information()
         return out
 
@@ -231,12 +265,11 @@ def _split(out: dict[str, torch.Tensor], ids: Sequence[str]) -> list[CasePredict
     cpu = {k: v.detach().cpu() for k, v in out.items()}
     preds = []
     for i, cid in enumerate(ids):
-        maps = {k: cpu[k][i].numpy().astype(np.float32 if k != "roi" else bool)
-                for k in ("probability", "entropy", "roi", "mutual_information") if k in cpu}
+        maps = {k: cpu[k][i].numpy() for k in ("probability", "entropy", "roi", "mutual_information") if k in cpu}
         scores = {k: cpu[k][i].item() for k in PER_CASE_SCORES if k in cpu}
         if "roi_empty" in scores:
             scores["roi_empty"] = bool(scores["roi_empty"])
-        preds.append(CasePrediction(cid, cpu["label"][i].numpy().astype(np.int16), maps, scores))
+        preds.append(CasePrediction(cid, cpu["label"][i].numpy(), maps, scores))
     return preds
 
 
@@ -253,6 +286,16 @@ def _shape_groups(decoded):
     for item in decoded:
         groups.setdefault(item[1].shape, []).append(item)
     return list(groups.values())
+
+
+class _Ready:
+    """An already computed result with a future's ``result()``."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def result(self):
+        return self.value
 
 
 @dataclass
@@ -307,12 +350,17 @@ def predict_pool_job(cohort: Cohort, predictor: Predictor, case_ids: Sequence[st
         return PoolResult(pd.DataFrame(columns=["case_id", *PER_CASE_SCORES]), {}, predictor.device_name, 0.0)
     intensity = predictor.config.intensity
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fairseg-decode") as pool:
-        future = pool.submit(_decode_batch, cohort, batches[0], intensity)
+        def fetch(i):
+            if predictor.prefetch:
+                return pool.submit(_decode_batch, cohort, batches[i], intensity)
+            return _Ready(_decode_batch(cohort, batches[i], intensity))
+
+        future = fetch(0)
         done = 0
         for b in range(len(batches)):
             decoded = future.result()
-            if b + 1 < len(batches):  # decode the next batch while this one computes
-                future = pool.submit(_decode_batch, cohort, batches[b + 1], intensity)
+            if b + 1 < len(batches):  # with prefetch, the next batch decodes while this one computes
+                future = fetch(b + 1)
             if b == 0 and checkpoint is not None:
                 check_compatible(checkpoint, cohort, image_shape=decoded[0][1].shape)
             for group in _shape_groups(decoded):

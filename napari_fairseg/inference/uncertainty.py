@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 EMPTY_RULES = ("max", "whole", "nan")
 
 
-def _xlogx(p: torch.Tensor) -> torch.Tensor:
-    return torch.where(p > 0, p * torch.log(p.clamp_min(1e-30)), torch.zeros_like(p))
+def _entr(p: torch.Tensor) -> torch.Tensor:
+    """``−p log p`` with ``0 log 0 = 0``."""
+    return torch.special.entr(p)
 
 
 def probabilities(logits: torch.Tensor, head: str) -> torch.Tensor:
@@ -35,8 +37,10 @@ def entropy(prob: torch.Tensor, head: str) -> torch.Tensor:
     prob = prob.float()
     if head == "sigmoid":
         p = prob[:, 0]
-        return -(_xlogx(p) + _xlogx(1 - p))
-    return -_xlogx(prob).sum(dim=1)
+        h = _entr(p)
+        h += _entr(1 - p)
+        return h
+    return _entr(prob).sum(dim=1)
 
 
 def max_entropy(head: str, n_classes: int) -> float:
@@ -49,18 +53,65 @@ def decode(prob: torch.Tensor, head: str, label_values) -> torch.Tensor:
 
     Sigmoid: foreground where ``p > 0.5``; softmax: arg-max class.
     """
+    if head == "sigmoid":
+        fg = (prob[:, 0] > 0.5).to(torch.int16)
+        return fg if int(label_values[1]) == 1 else fg * int(label_values[1])
     values = torch.as_tensor(list(label_values), dtype=torch.int16, device=prob.device)
-    idx = (prob[:, 0] > 0.5).long() if head == "sigmoid" else prob.argmax(dim=1)
-    return values[idx]
+    return values[prob.argmax(dim=1)]
+
+
+def _dilate_box(m: torch.Tensor, radius: int) -> torch.Tensor:
+    """Dilate bool ``m`` ``(*S)`` by a ``(2r+1)^d`` cube, one axis at a time.
+
+    On the CPU: SciPy's 1-D maximum filters; elsewhere: a window count by cumulative sums.
+    """
+    if m.device.type == "cpu":
+        from scipy.ndimage import maximum_filter1d
+
+        a = m.numpy().view(np.uint8)
+        for axis in range(a.ndim):
+            a = maximum_filter1d(a, 2 * radius + 1, axis=axis, mode="constant")
+        return torch.from_numpy(a.view(bool))
+    x = m.to(torch.int32)
+    for axis in range(x.ndim):
+        pad = [0] * (2 * x.ndim)
+        pad[2 * (x.ndim - 1 - axis)] = radius + 1  # F.pad lists the last axis first
+        pad[2 * (x.ndim - 1 - axis) + 1] = radius
+        cs = F.pad(x, pad).cumsum(dim=axis)
+        n = x.shape[axis]
+        x = (cs.narrow(axis, 2 * radius + 1, n) - cs.narrow(axis, 0, n)).clamp_max_(1)
+    return x.bool()
+
+
+def dilated_boxes(mask: torch.Tensor, radius: int) -> list[tuple[tuple[slice, ...], torch.Tensor] | None]:
+    """Per case, the bounding box of ``mask`` ``(B, *S)`` grown by ``radius`` and the dilated mask in it.
+
+    ``None`` for a case with an empty mask. The dilation is by a ``(2r+1)^d`` cube (Chebyshev
+    radius ``r`` voxels); working inside the box makes its cost follow the structure's size.
+    """
+    mask = mask.bool()
+    spatial = torch.tensor(mask.shape[1:])
+    out = []
+    for b in range(mask.shape[0]):
+        where = torch.nonzero(mask[b])
+        if where.numel() == 0:
+            out.append(None)
+            continue
+        lo = (where.amin(dim=0) - radius).clamp_min(0).tolist()
+        hi = torch.minimum(where.amax(dim=0) + radius + 1, spatial).tolist()
+        box = tuple(slice(a, z) for a, z in zip(lo, hi, strict=True))
+        region = mask[b][box]
+        out.append((box, _dilate_box(region, radius) if radius > 0 else region))
+    return out
 
 
 def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
     """Binary dilation of ``mask`` ``(B, *S)`` by a ``(2r+1)^d`` cube (Chebyshev radius ``r`` voxels)."""
-    if radius <= 0:
-        return mask.bool()
-    x = mask[:, None].float()
-    pool = F.max_pool3d if mask.ndim == 4 else F.max_pool2d
-    return pool(x, kernel_size=2 * radius + 1, stride=1, padding=radius)[:, 0] > 0
+    out = torch.zeros_like(mask, dtype=torch.bool)
+    for b, item in enumerate(dilated_boxes(mask, radius)):
+        if item is not None:
+            out[b][item[0]] = item[1]
+    return out
 
 
 def roi_mask(label: torch.Tensor, radius: int) -> torch.Tensor:
@@ -91,19 +142,45 @@ def masked_scaled_entropy(ent: torch.Tensor, roi: torch.Tensor, *, empty: str = 
     is_empty : torch.Tensor
         ``(B,)`` bool, True where the ROI was empty and the rule applied.
     """
-    if empty not in EMPTY_RULES:
-        raise ValueError(f"empty must be one of {EMPTY_RULES}, got {empty!r}")
     dims = tuple(range(1, ent.ndim))
     roi = roi.bool()
-    n = roi.sum(dim=dims)
-    total = torch.where(roi, ent.float(), torch.zeros((), device=ent.device)).sum(dim=dims)
+    total = (ent.float() * roi).sum(dim=dims)
+    return _apply_empty_rule(total, roi.sum(dim=dims), lambda: ent.float().mean(dim=dims), empty, max_value)
+
+
+def masked_scaled_entropy_in_boxes(prob: torch.Tensor, boxes: list, head: str, *, empty: str = "max",
+                                   max_value: float = math.log(2)) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`masked_scaled_entropy` from probabilities and :func:`dilated_boxes` of the prediction.
+
+    Same values, but the voxel entropy is computed inside the ROI only, never as a whole-image
+    map: the cost follows the ROI, not the volume. ``prob`` is ``(B, K, *S)``.
+    """
+    totals, counts = [], []
+    for b, item in enumerate(boxes):
+        if item is None:
+            totals.append(prob.new_zeros((), dtype=torch.float32))
+            counts.append(0)
+            continue
+        box, region = item
+        inside = prob[b][(slice(None), *box)][:, region]  # (K, |R|)
+        totals.append(entropy(inside[None], head).sum())
+        counts.append(int(region.sum()))
+    dims = tuple(range(2, prob.ndim))
+    n = torch.tensor(counts, device=prob.device)
+    return _apply_empty_rule(torch.stack(totals), n, lambda: entropy(prob, head).mean(dim=tuple(d - 1 for d in dims)),
+                             empty, max_value)
+
+
+def _apply_empty_rule(total, n, whole_mean, empty, max_value):
+    if empty not in EMPTY_RULES:
+        raise ValueError(f"empty must be one of {EMPTY_RULES}, got {empty!r}")
     is_empty = n == 0
     scores = total / n.clamp_min(1)
     if is_empty.any():
         if empty == "max":
             fill = torch.full_like(scores, max_value)
         elif empty == "whole":
-            fill = ent.float().mean(dim=dims)
+            fill = whole_mean()
         else:
             fill = torch.full_like(scores, float("nan"))
         scores = torch.where(is_empty, fill, scores)
