@@ -323,6 +323,10 @@ def main(argv: list[str] | None = None) -> int:
     except Cancelled as exc:
         print(f"fairseg: {exc}", file=sys.stderr)
         return 130
+    except KeyboardInterrupt:
+        print("\nfairseg: interrupted; files already written are complete (a training run keeps its "
+              "last finished epoch: continue it with --resume)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
