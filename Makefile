@@ -30,8 +30,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_metrics.py
 	$(BIN)/python benchmarks/bench_engine.py
 
-# Rebuild the bundled checkpoints (napari_fairseg/models/zoo/README.md).
-ZOO := napari_fairseg/models/zoo
+# Rebuild the bundled checkpoints (napari_fairseg/models/bundled/README.md).
+ZOO := napari_fairseg/models/bundled
 zoo: $(STAMP)
 	$(BIN)/fairseg --quiet sample brain --out build/zoo/brain
 	$(BIN)/fairseg --quiet train build/zoo/brain/manifest.csv --out build/zoo/brain-light-unet.pt \

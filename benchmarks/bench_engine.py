@@ -24,6 +24,7 @@ import time
 
 import numpy as np
 import torch
+from timing import median, timed
 
 from napari_fairseg.data.arrays import load_image
 from napari_fairseg.data.readers import open_cohort
@@ -34,15 +35,6 @@ from napari_fairseg.models import load_checkpoint, pad_to_divisible, size_diviso
 from napari_fairseg.models.preprocess import normalise_intensity
 from napari_fairseg.models.zoo import bundled_checkpoint
 from napari_fairseg.progress import run_job
-
-
-def median_of(fn, repeats=3):
-    times, out = [], None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times)), out
 
 
 def brain_pool():
@@ -93,7 +85,7 @@ def bench_pool(cohort, ckpt, *, device="cpu", amp=False, batch=4, repeats=9):
     t_disk = {}
     for mode in ("on", "off"):
         p = Predictor(predictor.model, ckpt.config, InferenceConfig(**{**scorer.settings.__dict__, "prefetch": mode}))
-        t_disk[mode], _ = median_of(lambda p=p: run_job(predict_pool_job(cohort, p, ids)))
+        t_disk[mode], _ = timed(lambda p=p: run_job(predict_pool_job(cohort, p, ids)), reduce=median)
     return {"device": predictor.device_name, "amp": amp, "cases": len(ids), "batch": batch,
             "bare_forward_s": t_bare, "scoring_s": t_score, "ratio": t_score / t_bare, "maps_s": t_maps,
             "decode_s": decode_s, "prefetch_on_s": t_disk["on"], "prefetch_off_s": t_disk["off"],

@@ -11,24 +11,15 @@ Run: ``.venv/bin/python benchmarks/bench_metrics.py``
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pandas as pd
 import torch
+from timing import timed as best_of
 
 from napari_fairseg.metrics import discover_subgroups, overlap_metrics
 
 FUNDUS = {"cup": (2,), "rim": (1,), "disc": (1, 2)}
 
-
-def best_of(fn, repeats=3):
-    times, out = [], None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return min(times), out
 
 
 def bench_overlap(n=2000, size=200, seed=0):

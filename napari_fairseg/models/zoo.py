@@ -1,6 +1,6 @@
 """Checkpoints that ship with the package, one per bundled sample cohort.
 
-They were trained by this project's own ``fairseg train`` (commands in ``zoo/README.md``), so
+They were trained by this project's own ``fairseg train`` (commands in ``bundled/README.md``), so
 ``fairseg demo`` and the viewer show real predictions at once. ``--model brain`` or
 ``--model fundus`` on the command line names them.
 """
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..errors import InputDataError
 
-ZOO = Path(__file__).resolve().parent / "zoo"
+ZOO = Path(__file__).resolve().parent / "bundled"
 BUNDLED = {"brain": "brain-light-unet.pt", "fundus": "fundus-unet2d.pt"}
 
 
