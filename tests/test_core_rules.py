@@ -11,7 +11,7 @@ from napari_fairseg.progress import Progress, run_job
 
 CORE = ["napari_fairseg", "napari_fairseg.data", "napari_fairseg.data.synthetic", "napari_fairseg.metrics",
         "napari_fairseg.report", "napari_fairseg.baseline", "napari_fairseg.cli", "napari_fairseg.models",
-        "napari_fairseg.inference", "napari_fairseg.training"]
+        "napari_fairseg.inference", "napari_fairseg.training", "napari_fairseg.active"]
 
 BLOCKER = """
 import sys, importlib.abc
