@@ -1,5 +1,6 @@
-"""Active learning: acquisition strategies (the project store and round loop come next)."""
+"""Active learning: acquisition strategies and the labelling project (the round loop comes next)."""
 
+from .project import Project
 from .strategies import STRATEGIES, Context, Strategy, make_strategy, quotas, wle_group_weights
 
-__all__ = ["STRATEGIES", "Context", "Strategy", "make_strategy", "quotas", "wle_group_weights"]
+__all__ = ["STRATEGIES", "Context", "Project", "Strategy", "make_strategy", "quotas", "wle_group_weights"]
