@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..data.arrays import load_image, load_label_file, save_label
+from ..data.arrays import label_key, load_image, load_label_file, prediction_path, save_label
 from ..data.manifest import KEY_SEP, Cohort
 from ..data.readers import open_cohort
 from ..errors import InputDataError
@@ -131,10 +131,6 @@ class Project:
         self.close()
 
     # ------------------------------------------------------------------ annotations
-    def _suffix(self) -> str:
-        return {"nifti": ".nii.gz", "mamamia": ".nii.gz", "fairseg": ".npz", "fairdomain": ".npz"}.get(
-            self.cohort.kind, ".png")
-
     def save_annotation(self, case_id: str, label: np.ndarray, *, author: str, source: str = "human") -> int:
         """Store ``label`` ``(*S)`` as the next version of ``case_id``'s annotation; returns the version."""
         if source not in SOURCES:
@@ -151,7 +147,9 @@ class Project:
                                  f"cohort's classes do not use ({sorted(allowed)})")
         version = 1 + (self.db.execute("SELECT COALESCE(MAX(version), 0) FROM annotations WHERE case_id = ?",
                                        (case_id,)).fetchone()[0])
-        rel = Path("annotations") / case_id / f"v{version:04d}{self._suffix()}"
+        # the cohort's own file naming (NIfTI, npz or PNG), as for predictions
+        rel = prediction_path(self.cohort, self.root / "annotations" / case_id,
+                              f"v{version:04d}").relative_to(self.root)
         like = load_image(self.cohort, case_id)
         save_label(self.cohort, self.root / rel, label, like=like)  # atomic: temp file + rename
         digest = sha256_file(self.root / rel)
@@ -183,8 +181,6 @@ class Project:
             raise InputDataError(path, "annotation file is missing or differs from its recorded checksum")
         ref = str(path)
         if self.cohort.kind in ("fairseg", "fairdomain"):
-            from ..data.arrays import label_key
-
             ref += KEY_SEP + label_key(self.cohort, case_id)
         return load_label_file(self.cohort, ref, expect=load_image(self.cohort, case_id))
 

@@ -39,6 +39,7 @@ from .uncertainty import (
     masked_scaled_entropy,
     masked_scaled_entropy_in_boxes,
     max_entropy,
+    paste_boxes,
     probabilities,
 )
 
@@ -244,10 +245,7 @@ class Predictor:
             out["masked_entropy"], out["roi_empty"] = masked_scaled_entropy_in_boxes(
                 prob, boxes, cfg.head, empty=s.empty, max_value=top)
             return out
-        roi = torch.zeros_like(fg)
-        for i, b in enumerate(boxes):
-            if b is not None:
-                roi[i][b[0]] = b[1]
+        roi = paste_boxes(boxes, fg)
         dims = tuple(range(1, roi.ndim))
         ent = entropy(prob, cfg.head)
         out["masked_entropy"], out["roi_empty"] = masked_scaled_entropy(ent, roi, empty=s.empty, max_value=top)

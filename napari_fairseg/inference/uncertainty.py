@@ -105,13 +105,18 @@ def dilated_boxes(mask: torch.Tensor, radius: int) -> list[tuple[tuple[slice, ..
     return out
 
 
-def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
-    """Binary dilation of ``mask`` ``(B, *S)`` by a ``(2r+1)^d`` cube (Chebyshev radius ``r`` voxels)."""
-    out = torch.zeros_like(mask, dtype=torch.bool)
-    for b, item in enumerate(dilated_boxes(mask, radius)):
+def paste_boxes(boxes: list, like: torch.Tensor) -> torch.Tensor:
+    """The whole-image bool mask ``(B, *S)`` shaped like ``like`` from :func:`dilated_boxes`."""
+    out = torch.zeros(like.shape, dtype=torch.bool, device=like.device)
+    for b, item in enumerate(boxes):
         if item is not None:
             out[b][item[0]] = item[1]
     return out
+
+
+def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    """Binary dilation of ``mask`` ``(B, *S)`` by a ``(2r+1)^d`` cube (Chebyshev radius ``r`` voxels)."""
+    return paste_boxes(dilated_boxes(mask, radius), mask)
 
 
 def roi_mask(label: torch.Tensor, radius: int) -> torch.Tensor:
@@ -165,10 +170,9 @@ def masked_scaled_entropy_in_boxes(prob: torch.Tensor, boxes: list, head: str, *
         inside = prob[b][(slice(None), *box)][:, region]  # (K, |R|)
         totals.append(entropy(inside[None], head).sum())
         counts.append(int(region.sum()))
-    dims = tuple(range(2, prob.ndim))
+    whole = tuple(range(1, prob.ndim - 1))  # spatial axes of the (B, *S) entropy map
     n = torch.tensor(counts, device=prob.device)
-    return _apply_empty_rule(torch.stack(totals), n, lambda: entropy(prob, head).mean(dim=tuple(d - 1 for d in dims)),
-                             empty, max_value)
+    return _apply_empty_rule(torch.stack(totals), n, lambda: entropy(prob, head).mean(dim=whole), empty, max_value)
 
 
 def _apply_empty_rule(total, n, whole_mean, empty, max_value):

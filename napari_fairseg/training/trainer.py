@@ -247,22 +247,18 @@ def _crop(image, target, patch, rng, fg_prob):
 
 
 def _collate(arrays: list[np.ndarray], divisor: int, minimum, *, lead: int) -> torch.Tensor:
-    """Stack arrays whose last axes may differ, zero-padding them to one divisible shape."""
+    """Stack arrays ``(C, *S)`` (``lead=1``) or ``(*S)`` (``lead=0``) whose sizes may differ.
+
+    Each is zero-padded at the end to the largest size, then the batch is padded to the
+    network's divisor (and ``minimum``) by :func:`pad_to_divisible`.
+    """
     spatial = np.max([a.shape[lead:] for a in arrays], axis=0)
-    out = []
-    for a in arrays:
-        t = torch.from_numpy(np.ascontiguousarray(a))[None]
-        if lead == 0:
-            t = t[None]
-        pads = [(int(s) - a.shape[lead + d]) for d, s in enumerate(spatial)]
-        if any(pads):
-            flat = []
-            for p in reversed(pads):
-                flat += [0, p]
-            t = torch.nn.functional.pad(t, flat)
-        t, _ = pad_to_divisible(t, divisor, minimum=minimum)
-        out.append(t[0] if lead == 1 else t[0, 0])
-    return torch.stack(out)
+    batch = torch.from_numpy(np.stack([
+        np.pad(a, [(0, 0)] * lead + [(0, int(s) - n) for s, n in zip(spatial, a.shape[lead:], strict=True)])
+        for a in arrays]))
+    if lead == 0:
+        return pad_to_divisible(batch[:, None], divisor, minimum=minimum)[0][:, 0]
+    return pad_to_divisible(batch, divisor, minimum=minimum)[0]
 
 
 def _synthetic(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
