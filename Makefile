@@ -29,6 +29,7 @@ test: $(STAMP) lint
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_metrics.py
 	$(BIN)/python benchmarks/bench_engine.py
+	$(BIN)/python benchmarks/bench_round.py
 
 # Rebuild the bundled checkpoints (napari_fairseg/models/bundled/README.md).
 ZOO := napari_fairseg/models/bundled

@@ -24,24 +24,15 @@ import time
 
 import numpy as np
 import torch
-from timing import median, timed
+from timing import brain_sample, median, timed
 
 from napari_fairseg.data.arrays import load_image
-from napari_fairseg.data.readers import open_cohort
-from napari_fairseg.data.synthetic import cache_dir, make_sample
 from napari_fairseg.inference import InferenceConfig, Predictor, predict_pool_job
 from napari_fairseg.inference.predict import _split
 from napari_fairseg.models import load_checkpoint, pad_to_divisible, size_divisor
 from napari_fairseg.models.preprocess import normalise_intensity
 from napari_fairseg.models.zoo import bundled_checkpoint
 from napari_fairseg.progress import run_job
-
-
-def brain_pool():
-    where = cache_dir() / "brain-strong-seed0-ndefault"
-    if not (where / "manifest.csv").is_file():
-        make_sample("brain", where, seed=0)
-    return open_cohort(where / "manifest.csv")
 
 
 def sync(device):
@@ -125,7 +116,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="8 cases, no memory benchmark")
     args = ap.parse_args()
-    cohort = brain_pool()
+    cohort = brain_sample()
     if args.quick:
         cohort.cases = cohort.cases.head(8)
     ckpt = load_checkpoint(bundled_checkpoint("brain"))

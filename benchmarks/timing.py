@@ -1,4 +1,4 @@
-"""Shared timing helper of the benchmark scripts."""
+"""Shared helpers of the benchmark scripts: timing and the sample brain cohort."""
 
 from __future__ import annotations
 
@@ -19,3 +19,14 @@ def timed(fn, repeats: int = 3, reduce=min):
 
 def median(times) -> float:
     return float(np.median(times))
+
+
+def brain_sample():
+    """The sample brain cohort (24 volumes of 64×64×48), generated into the cache on first use."""
+    from napari_fairseg.data.readers import open_cohort
+    from napari_fairseg.data.synthetic import cache_dir, make_sample
+
+    where = cache_dir() / "brain-strong-seed0-ndefault"
+    if not (where / "manifest.csv").is_file():
+        make_sample("brain", where, seed=0)
+    return open_cohort(where / "manifest.csv")

@@ -87,7 +87,29 @@ def test_atomic_writes_get_normal_file_permissions(tmp_path):
 
 def test_cli_choices_follow_the_core_registries():
     from napari_fairseg import cli
+    from napari_fairseg.active import STRATEGIES
+    from napari_fairseg.cli import active
     from napari_fairseg.models import NETWORKS
     from napari_fairseg.training import OBJECTIVES
 
     assert cli.NETWORK_CHOICES == NETWORKS and cli.OBJECTIVE_CHOICES == OBJECTIVES
+    assert active.STRATEGY_CHOICES == STRATEGIES
+
+
+def test_progress_bar_into_a_file_writes_a_readable_log():
+    import io
+
+    from napari_fairseg.cli.common import ProgressBar
+    from napari_fairseg.progress import Progress
+
+    log = io.StringIO()
+    bar = ProgressBar(log, every=3600)
+    for epoch in range(50):  # a nested job: the stages alternate on every event
+        bar(Progress("train", 1, 1, f"epoch {epoch}"))
+        bar(Progress("epoch", epoch + 1, 50))
+    bar(Progress("evaluate", 1, 2))
+    lines = log.getvalue().splitlines()
+    assert [ln.split()[0] for ln in lines] == ["train", "epoch", "evaluate"]  # once per new stage
+    bar.every = 0
+    bar(Progress("epoch", 50, 50, "done"))
+    assert log.getvalue().splitlines()[-1].startswith("epoch") and "50/50" in log.getvalue().splitlines()[-1]

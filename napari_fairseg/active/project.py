@@ -26,7 +26,8 @@ import numpy as np
 import pandas as pd
 
 from ..data.arrays import label_key, load_image, load_label_file, prediction_path, save_label
-from ..data.manifest import KEY_SEP, Cohort
+from ..data.atomic import write_text_atomic
+from ..data.manifest import KEY_SEP, Cohort, write_manifest
 from ..data.readers import open_cohort
 from ..errors import InputDataError
 
@@ -51,7 +52,7 @@ CREATE TABLE IF NOT EXISTS suggestions (
 """
 
 
-def _now() -> str:
+def utc_now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds")
 
 
@@ -89,7 +90,7 @@ class Project:
         with _transaction(db):
             db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             db.execute("INSERT INTO meta VALUES ('cohort', ?)", (str(cohort.source),))
-            db.execute("INSERT INTO meta VALUES ('created', ?)", (_now(),))
+            db.execute("INSERT INTO meta VALUES ('created', ?)", (utc_now(),))
             attrs = cohort.attributes
             rows = [(r["case_id"], str(r["split"]),
                      json.dumps({a: (None if pd.isna(r[a]) else (r[a].item() if hasattr(r[a], "item") else r[a]))
@@ -98,12 +99,7 @@ class Project:
             db.executemany("INSERT INTO cases VALUES (?, ?, ?)", rows)
         project = cls(root, cohort, db)
         if import_labels:
-            for cid in cohort.case_ids:
-                ref = cohort.row(cid)["label"]
-                if isinstance(ref, str) and ref:
-                    case = load_image(cohort, cid)
-                    project.save_annotation(cid, load_label_file(cohort, ref, expect=case), author=author,
-                                            source="imported")
+            project.import_labels(cohort, author=author)
         return project
 
     @classmethod
@@ -155,7 +151,7 @@ class Project:
         digest = sha256_file(self.root / rel)
         with _transaction(self.db):
             self.db.execute("INSERT INTO annotations (case_id, version, path, sha256, author, source, created) "
-                            "VALUES (?, ?, ?, ?, ?, ?, ?)", (case_id, version, str(rel), digest, author, source, _now()))
+                            "VALUES (?, ?, ?, ?, ?, ?, ?)", (case_id, version, str(rel), digest, author, source, utc_now()))
         return version
 
     def history(self, case_id: str | None = None) -> pd.DataFrame:
@@ -165,6 +161,16 @@ class Project:
         if case_id is not None:
             q, args = q + " WHERE case_id = ?", (case_id,)
         return pd.read_sql_query(q + " ORDER BY case_id, version", self.db, params=args)
+
+    def _checked_ref(self, case_id: str, row) -> str:
+        """The file reference of a recorded version after checking its sha256."""
+        path = self.root / row["path"]
+        if not path.is_file() or sha256_file(path) != row["sha256"]:
+            raise InputDataError(path, "annotation file is missing or differs from its recorded checksum")
+        ref = str(path)
+        if self.cohort.kind in ("fairseg", "fairdomain"):
+            ref += KEY_SEP + label_key(self.cohort, case_id)
+        return ref
 
     def load_annotation(self, case_id: str, version: int | None = None) -> np.ndarray:
         """A version (default: the latest) as a class map, checked against its recorded sha256."""
@@ -176,13 +182,49 @@ class Project:
             if row.empty:
                 raise InputDataError(case_id, f"no annotation version {version}")
             row = row.iloc[0]
-        path = self.root / row["path"]
-        if not path.is_file() or sha256_file(path) != row["sha256"]:
-            raise InputDataError(path, "annotation file is missing or differs from its recorded checksum")
-        ref = str(path)
-        if self.cohort.kind in ("fairseg", "fairdomain"):
-            ref += KEY_SEP + label_key(self.cohort, case_id)
-        return load_label_file(self.cohort, ref, expect=load_image(self.cohort, case_id))
+        return load_label_file(self.cohort, self._checked_ref(case_id, row),
+                               expect=load_image(self.cohort, case_id))
+
+    def latest(self) -> pd.DataFrame:
+        """The latest recorded version of every annotated case (``case_id``, ``version``, ``path``, …)."""
+        h = self.history()
+        return h.groupby("case_id", sort=True).tail(1).reset_index(drop=True)
+
+    def working_cohort(self, *, cohort_labels: bool = False) -> Cohort:
+        """The project's cohort with each case's label set to its latest annotation.
+
+        Every latest file is checked against its sha256 first. Cases without an annotation keep
+        the cohort's own label with ``cohort_labels`` (a held-out split labelled elsewhere), or
+        have none.
+        """
+        cases = self.cohort.cases.copy()
+        if not cohort_labels:
+            cases["label"] = ""
+        refs = {r["case_id"]: self._checked_ref(r["case_id"], r) for _, r in self.latest().iterrows()}
+        cases["label"] = [refs.get(c, lab) for c, lab in zip(cases["case_id"], cases["label"], strict=True)]
+        return Cohort(cases, self.cohort.kind, self.cohort.classes, self.cohort.name, list(self.cohort.notes),
+                      self.cohort.source)
+
+    def import_labels(self, source: Cohort, *, author: str = "import", overwrite: bool = False) -> list[str]:
+        """Store the labels of ``source`` (a manifest of the same cases) as ``imported`` versions.
+
+        Cases of ``source`` that the project lacks are an error; cases that already have an
+        annotation are skipped unless ``overwrite`` (which adds a new version, never replaces).
+        Returns the imported case ids.
+        """
+        unknown = sorted(set(source.case_ids) - set(self.cohort.case_ids))
+        if unknown:
+            raise InputDataError(source.source, f"{len(unknown)} case(s) are not in this project: {unknown[:5]}")
+        have = set(self.latest()["case_id"])
+        done = []
+        for cid in source.case_ids:
+            ref = source.row(cid)["label"]
+            if not (isinstance(ref, str) and ref) or (cid in have and not overwrite):
+                continue
+            label = load_label_file(source, ref, expect=load_image(self.cohort, cid))
+            self.save_annotation(cid, label, author=author, source="imported")
+            done.append(cid)
+        return done
 
     def status(self) -> pd.DataFrame:
         """One row per case: split, attributes, ``labelled`` and the latest version number."""
@@ -194,12 +236,104 @@ class Project:
         out["labelled"] = out["version"].notna()
         return out
 
+    # ------------------------------------------------------------------ rounds
+    def next_round_id(self) -> int:
+        return 1 + self.db.execute("SELECT COALESCE(MAX(id), 0) FROM rounds").fetchone()[0]
+
+    def record_round(self, *, started: str, strategy: str | None, batch: int | None, checkpoint: str | Path | None,
+                     metrics: dict, suggestions: pd.DataFrame | None = None) -> int:
+        """Store a finished round, its metrics and its ranked suggestions in one transaction.
+
+        ``suggestions`` has ``case_id``, ``score``, ``group`` and ``group_weight`` in rank order.
+        ``checkpoint`` is stored relative to the project when it lies inside it.
+        """
+        ckpt = None
+        if checkpoint is not None:
+            ckpt = Path(checkpoint)
+            ckpt = str(ckpt.relative_to(self.root)) if ckpt.is_relative_to(self.root) else str(ckpt)
+        with _transaction(self.db):
+            cur = self.db.execute(
+                "INSERT INTO rounds (started, finished, strategy, batch, checkpoint, metrics) VALUES (?, ?, ?, ?, ?, ?)",
+                (started, utc_now(), strategy, batch, ckpt, json.dumps(_plain(metrics))))
+            rid = int(cur.lastrowid)
+            if suggestions is not None and len(suggestions):
+                self.db.executemany(
+                    "INSERT INTO suggestions VALUES (?, ?, ?, ?, ?, ?)",
+                    [(rid, r.case_id, rank, _num(r.score), str(r.group), _num(r.group_weight))
+                     for rank, r in enumerate(suggestions.itertuples(index=False), start=1)])
+        return rid
+
+    def rounds(self) -> pd.DataFrame:
+        """One row per finished round: id, times, strategy, batch, checkpoint and its metrics."""
+        r = pd.read_sql_query("SELECT id, started, finished, strategy, batch, checkpoint, metrics FROM rounds "
+                              "ORDER BY id", self.db)
+        metrics = pd.DataFrame([json.loads(m) for m in r.pop("metrics")], index=r.index)
+        return pd.concat([r, metrics], axis=1)
+
+    def checkpoint_path(self, round_id: int | None = None) -> Path | None:
+        """The model of a round (default: the latest round that has one)."""
+        q = "SELECT checkpoint FROM rounds WHERE checkpoint IS NOT NULL"
+        row = (self.db.execute(q + " AND id = ?", (round_id,)) if round_id is not None
+               else self.db.execute(q + " ORDER BY id DESC LIMIT 1")).fetchone()
+        return None if row is None else self.root / row[0]
+
+    def suggestions(self, round_id: int | None = None) -> pd.DataFrame:
+        """A round's ranked suggestions (default: the latest round that made some), with each
+        case's current ``labelled`` status."""
+        if round_id is None:
+            row = self.db.execute("SELECT MAX(round_id) FROM suggestions").fetchone()
+            round_id = row[0]
+        s = pd.read_sql_query("SELECT round_id, rank, case_id, score, grp AS 'group', group_weight FROM suggestions "
+                              "WHERE round_id = ? ORDER BY rank", self.db, params=(round_id,))
+        s["labelled"] = s["case_id"].isin(set(self.latest()["case_id"]))
+        return s
+
+    def export(self, out_dir: str | Path) -> dict[str, Path]:
+        """Write the latest labels (cohort format), a manifest pointing to them, the version
+        history, the rounds and every suggestion under ``out_dir``; returns the written paths."""
+        out = Path(out_dir)
+        (out / "labels").mkdir(parents=True, exist_ok=True)
+        cases = self.cohort.cases.copy()
+        cases["label"] = ""
+        for _, row in self.latest().iterrows():
+            cid = row["case_id"]
+            dest = prediction_path(self.cohort, out / "labels", cid)
+            like = load_image(self.cohort, cid)
+            save_label(self.cohort, dest, self.load_annotation(cid), like=like)
+            ref = str(dest)
+            if self.cohort.kind in ("fairseg", "fairdomain"):
+                ref += KEY_SEP + label_key(self.cohort, cid)
+            cases.loc[cases["case_id"] == cid, "label"] = ref
+        written = {"manifest": write_manifest(Cohort(cases, self.cohort.kind, self.cohort.classes,
+                                                     f"{self.cohort.name}-labels", list(self.cohort.notes)),
+                                              out / "manifest.csv")}
+        all_sugg = pd.read_sql_query("SELECT round_id, rank, case_id, score, grp AS 'group', group_weight "
+                                     "FROM suggestions ORDER BY round_id, rank", self.db)
+        for name, table in (("history", self.history()), ("rounds", self.rounds()), ("suggestions", all_sugg)):
+            written[name] = out / f"{name}.csv"
+            write_text_atomic(written[name], table.to_csv(index=False))
+        return written
+
     def orphans(self) -> list[Path]:
         """Files under ``annotations/`` that no committed version records (a save killed mid-way:
         a temporary ``.part`` file, or a complete file whose transaction never committed)."""
         known = set(self.history()["path"])
         found = (self.root / "annotations").rglob("*") if (self.root / "annotations").is_dir() else []
         return sorted(p for p in found if p.is_file() and str(p.relative_to(self.root)) not in known)
+
+
+def _num(v) -> float | None:
+    return None if v is None or pd.isna(v) else float(v)
+
+
+def _plain(metrics: dict) -> dict:
+    """JSON-safe scalars (numpy numbers become Python numbers, NaN becomes null)."""
+    out = {}
+    for k, v in metrics.items():
+        if hasattr(v, "item"):
+            v = v.item()
+        out[k] = None if isinstance(v, float) and v != v else v
+    return out
 
 
 def _connect(path: Path) -> sqlite3.Connection:

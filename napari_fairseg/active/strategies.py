@@ -90,7 +90,12 @@ class Strategy:
     """Base: ``score`` fills ``score`` / ``group_weight``; ``select`` takes the top ``batch``."""
 
     name = "base"
-    needs_mc = False
+    #: how the pool must be scored first: ``None`` (no prediction), ``"roi"`` (masked scaled
+    #: entropy, lean ``maps=False`` scoring), ``"maps"`` (mean entropy needs whole maps) or
+    #: ``"mc"`` (MC dropout with maps)
+    scoring: str | None = None
+    #: whether :class:`Context` must carry embeddings of the pool and labelled cases
+    needs_embeddings = False
 
     def __init__(self, *, seed: int = 0, n_candidates: int = 200, lam: float = 0.5):
         self.rng = np.random.default_rng(seed)
@@ -137,6 +142,7 @@ class RandomStrategy(Strategy):
 
 class EntropyStrategy(Strategy):
     name = "entropy"
+    scoring = "maps"
 
     def _base(self, pool, context):
         return _column(pool, "mean_entropy", self.name)
@@ -144,11 +150,12 @@ class EntropyStrategy(Strategy):
 
 class EpistemicStrategy(EntropyStrategy):
     name = "epistemic"
-    needs_mc = True
+    scoring = "mc"
 
 
 class LocalizedStrategy(Strategy):
     name = "localized"
+    scoring = "roi"
 
     def _base(self, pool, context):
         return _column(pool, "masked_entropy", self.name)
@@ -156,6 +163,8 @@ class LocalizedStrategy(Strategy):
 
 class WLEStrategy(Strategy):
     name = "wle"
+    scoring = "roi"
+
     def _base(self, pool, context):
         weights = wle_group_weights(context.labelled_dice, pool["group"])
         pool["group_weight"] = pool["group"].map(weights).astype(float)
@@ -207,6 +216,7 @@ class FairQuotaStrategy(Strategy):
     def __init__(self, mode: str, **kw):
         super().__init__(**kw)
         self.mode, self.name = mode, f"fair-{mode}"
+        self.needs_embeddings = mode != "base"
 
     def _base(self, pool, context):
         if self.mode == "base":

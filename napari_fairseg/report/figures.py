@@ -62,3 +62,45 @@ def save_heatmap(mean: pd.DataFrame, count: pd.DataFrame, path: str | Path, *, m
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     return Path(path)
+
+
+def draw_curves(ax, table: pd.DataFrame, y: str, *, x: str = "n_labelled", by: str = "strategy",
+                label: str | None = None):
+    """Mean of ``y`` against ``x`` per value of ``by``, with a ±1 std band over the other rows
+    (the seeds of a simulation). Points with one row have no band."""
+    for name, part in table.groupby(by, sort=False):
+        stats = part.groupby(x)[y].agg(["mean", "std"]).sort_index()
+        line, = ax.plot(stats.index, stats["mean"], marker="o", markersize=3, label=str(name))
+        band = stats["std"].fillna(0.0)
+        ax.fill_between(stats.index, stats["mean"] - band, stats["mean"] + band, color=line.get_color(),
+                        alpha=0.18, linewidth=0)
+    ax.set_xlabel("labelled cases" if x == "n_labelled" else x)
+    ax.set_ylabel(label or y)
+    ax.grid(alpha=0.3)
+
+
+def save_learning_curves(table: pd.DataFrame, path: str | Path, *, ratio: str | None = None,
+                         title: str = "") -> Path:
+    """Seed 001's figures in one PNG: ESSP, Δ, Dice and (``ratio``, e.g. ``ratio[Group 1]``)
+    the share of a group in the labelled set, against the budget; mean ± std over seeds."""
+    from matplotlib.figure import Figure
+
+    from ..data.atomic import atomic_path
+
+    panels = [("essp", "ESSP"), ("delta", "Δ (Dice)"), ("dice", "Dice")]
+    if ratio is not None:
+        panels.append((ratio, ratio.replace("ratio[", "share of ").rstrip("]") + " in labelled set"))
+    fig = Figure(figsize=(10, 7.5), dpi=100)
+    axes = fig.subplots(2, 2).ravel()
+    for ax, (col, lab) in zip(axes, panels, strict=False):
+        draw_curves(ax, table, col, label=lab)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    axes[0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return path

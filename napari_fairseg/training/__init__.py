@@ -2,7 +2,17 @@
 
 from .losses import LOSSES, per_case_loss, pseudo_label_loss
 from .objectives import OBJECTIVES, divergence_weights, make_objective
-from .trainer import TrainConfig, TrainResult, model_config_for, train_job
+from .trainer import (
+    CaseCache,
+    TrainConfig,
+    TrainResult,
+    default_group_attribute,
+    discrete_attributes,
+    model_config_for,
+    train_job,
+    validate,
+)
 
-__all__ = ["LOSSES", "OBJECTIVES", "TrainConfig", "TrainResult", "divergence_weights", "make_objective",
+__all__ = ["LOSSES", "OBJECTIVES", "CaseCache", "TrainConfig", "default_group_attribute", "discrete_attributes",
+           "validate", "TrainResult", "divergence_weights", "make_objective",
            "model_config_for", "per_case_loss", "pseudo_label_loss", "train_job"]

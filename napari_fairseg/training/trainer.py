@@ -201,8 +201,8 @@ def split_train_val(cohort: Cohort, group_attribute: str | None, *, val_fraction
     return _labelled(cohort, train_ids, "training"), _labelled(cohort, list(val_ids), "validation")
 
 
-class _Data:
-    """Decoded, normalised cases held in memory for the run."""
+class CaseCache:
+    """Decoded, normalised cases (images, class maps and targets) held in memory, by case id."""
 
     def __init__(self, cohort: Cohort, config: ModelConfig):
         self.cohort, self.config = cohort, config
@@ -283,7 +283,7 @@ def discrete_attributes(cohort: Cohort) -> pd.DataFrame:
     return pd.DataFrame({a: bin_continuous(cases[a], name=a) for a in cohort.attributes}, index=cases.index)
 
 
-def validate(predictor: Predictor, data: _Data, cohort: Cohort, ids: Sequence[str],
+def validate(predictor: Predictor, data: CaseCache, cohort: Cohort, ids: Sequence[str],
              attributes: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per-case validation Dice (mean over the cohort's classes) with the (discrete) case attributes."""
     rows = []
@@ -363,7 +363,7 @@ def train_job(cohort: Cohort, model_config: ModelConfig | None = None, config: T
             raise InputDataError(cohort.source, f"no cases in split {config.pseudo_label_split!r} for pseudo-labels")
 
     # ---- data
-    data = _Data(cohort, model_config)
+    data = CaseCache(cohort, model_config)
     everything = [(c, True) for c in dict.fromkeys(tr_ids + va_ids)] + [(c, False) for c in target_ids]
     for i, (cid, with_label) in enumerate(everything):
         data.load(cid, with_label=with_label)

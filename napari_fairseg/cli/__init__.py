@@ -2,68 +2,32 @@
 
 Subcommands: ``train`` (train or fine-tune a network, optionally with a fairness objective),
 ``predict`` (predictions and uncertainty maps), ``audit`` (fairness audit of predictions),
-``sample`` (write a sample cohort), ``demo`` (sample cohort → bundled network → audit report).
+``sample`` (write a sample cohort), ``demo`` (sample cohort → bundled network → audit report),
+and active learning (:mod:`.active`): ``project`` (init / status / import / export), ``suggest``
+(one round: fine-tune, evaluate, suggest), ``label`` (save an annotation version) and
+``simulate`` (seed 001's experiment).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
-from .errors import Cancelled, FairSegError, InputDataError
-from .progress import Progress, run_job
-
-
-class ProgressBar:
-    """A one-line text progress bar on stderr (redrawn in place on a terminal)."""
-
-    def __init__(self, stream=sys.stderr, width: int = 30):
-        self.stream, self.width, self.stage, self.t0 = stream, width, None, time.perf_counter()
-        self.tty = getattr(stream, "isatty", lambda: False)()
-
-    def __call__(self, p: Progress) -> None:
-        if p.stage != self.stage and self.stage is not None and self.tty:
-            self.stream.write("\n")
-        new_stage = p.stage != self.stage
-        self.stage = p.stage
-        done = p.total is not None and p.done >= p.total
-        if not self.tty and not (new_stage or done):
-            return
-        if p.total:
-            fill = int(self.width * p.done / p.total)
-            bar = f"[{'#' * fill}{'.' * (self.width - fill)}] {p.done}/{p.total}"
-        else:
-            bar = f"{p.done}"
-        line = f"{p.stage:<10} {bar} {p.message[:40]:<40} {time.perf_counter() - self.t0:6.1f}s"
-        self.stream.write(("\r" if self.tty else "") + line + ("" if self.tty else "\n"))
-        self.stream.flush()
-
-    def close(self):
-        if self.tty and self.stage is not None:
-            self.stream.write("\n")
-
-
-def _run(job, quiet: bool):
-    bar = None if quiet else ProgressBar()
-    try:
-        return run_job(job, on_progress=bar)
-    finally:
-        if bar:
-            bar.close()
+from ..errors import Cancelled, FairSegError, InputDataError
+from .common import parse_ints, parse_names, run_with_bar
 
 
 def _cmd_audit(args) -> int:
-    from .data.readers import open_cohort
-    from .report.audit import AuditConfig, audit_job, write_audit
+    from ..data.readers import open_cohort
+    from ..report.audit import AuditConfig, audit_job, write_audit
 
     cohort = open_cohort(args.cohort, metadata=args.metadata)
     attrs = tuple(a.strip() for a in args.attributes.split(",") if a.strip()) if args.attributes else ()
     config = AuditConfig(attributes=attrs, split=args.split, hd_mode=args.hd, min_support=args.min_support,
                          min_group_size=args.min_group_size, n_boot=args.n_boot, std_ddof=args.std_ddof,
                          mamamia=True if args.mamamia else None, empty_score=args.empty_score)
-    audit = _run(audit_job(cohort, args.predictions, config), args.quiet)
+    audit = run_with_bar(audit_job(cohort, args.predictions, config), args.quiet)
     paths = write_audit(audit, args.out)
     _print_headline(audit)
     print(f"report: {paths['report']}")
@@ -79,27 +43,14 @@ def _print_headline(audit) -> None:
                       f"worst group {e['worst_group']}")
 
 
-def _ints(text: str | None) -> tuple[int, ...] | None:
-    if not text:
-        return None
-    try:
-        return tuple(int(t) for t in text.replace("x", ",").split(",") if t.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from None
-
-
-def _names(text: str | None) -> tuple[str, ...]:
-    return tuple(a.strip() for a in (text or "").split(",") if a.strip())
-
-
 def _cmd_train(args) -> int:
-    from .data.readers import open_cohort
-    from .training import TrainConfig, model_config_for, train_job
+    from ..data.readers import open_cohort
+    from ..training import TrainConfig, model_config_for, train_job
 
     cohort = open_cohort(args.cohort, metadata=args.metadata)
     config = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, loss=args.loss, fairness=args.fairness,
-        group_attribute=args.group_attribute, attributes=_names(args.attributes), alpha=args.alpha,
+        group_attribute=args.group_attribute, attributes=parse_names(args.attributes), alpha=args.alpha,
         min_support=args.min_support, dro_eta=args.dro_eta, equal_scale_target=args.equal_scale_target,
         pseudo_label_split=args.pseudo_label_split, pseudo_weight=args.pseudo_weight, chi=args.chi,
         val_fraction=args.val_fraction, seed=args.seed, device=args.device, amp=not args.no_amp)
@@ -107,11 +58,11 @@ def _cmd_train(args) -> int:
     if not (args.resume or args.init):
         overrides = {"dropout": args.dropout}
         if args.features:
-            overrides["features"] = _ints(args.features)
+            overrides["features"] = parse_ints(args.features)
         if args.patch:
-            overrides["patch_size"] = _ints(args.patch)
+            overrides["patch_size"] = parse_ints(args.patch)
         model_config = model_config_for(cohort, network=args.network, **overrides)
-    result = _run(train_job(cohort, model_config, config, out=args.out, resume=args.resume, init=args.init),
+    result = run_with_bar(train_job(cohort, model_config, config, out=args.out, resume=args.resume, init=args.init),
                   args.quiet)
     last = result.log.iloc[-1] if len(result.log) else {}
     groups = {k[9:-1]: v for k, v in dict(last).items() if k.startswith("val_dice[")}
@@ -123,10 +74,10 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_predict(args) -> int:
-    from .data.readers import open_cohort
-    from .inference import InferenceConfig, Predictor, predict_pool_job
-    from .models.checkpoint import check_compatible, load_checkpoint
-    from .models.zoo import resolve_checkpoint
+    from ..data.readers import open_cohort
+    from ..inference import InferenceConfig, Predictor, predict_pool_job
+    from ..models.checkpoint import check_compatible, load_checkpoint
+    from ..models.zoo import resolve_checkpoint
 
     cohort = open_cohort(args.cohort, metadata=args.metadata)
     ckpt = load_checkpoint(resolve_checkpoint(args.model))
@@ -134,13 +85,13 @@ def _cmd_predict(args) -> int:
     settings = InferenceConfig(device=args.device, amp=not args.no_amp, batch_size=args.batch_size,
                                uncertainty=args.uncertainty, passes=args.passes, roi_radius=args.roi_radius,
                                empty=args.empty, seed=args.seed)
-    ids = list(_names(args.cases)) or None
+    ids = list(parse_names(args.cases)) or None
     if args.split:
         ids = [c for c in (ids or cohort.case_ids) if cohort.row(c)["split"] == args.split]
         if not ids:
             raise InputDataError(cohort.source, f"no cases in split {args.split!r}")
     predictor = Predictor.from_checkpoint(ckpt, settings)
-    result = _run(predict_pool_job(cohort, predictor, ids, out_dir=args.out, write_maps=not args.no_maps,
+    result = run_with_bar(predict_pool_job(cohort, predictor, ids, out_dir=args.out, write_maps=not args.no_maps,
                                    checkpoint=ckpt), args.quiet)
     print(f"predicted {len(result.scores)} cases on {result.device} in {result.seconds:.1f} s -> {args.out}")
     if "masked_entropy" in result.scores:
@@ -151,20 +102,20 @@ def _cmd_predict(args) -> int:
 
 
 def _sample_dir(kind: str, seed: int, cases: int | None, bias: str) -> Path:
-    from .data.synthetic import cache_dir
+    from ..data.synthetic import cache_dir
 
     return cache_dir() / f"{kind}-{bias if kind == 'brain' else 'fairseg'}-seed{seed}-n{cases or 'default'}"
 
 
 def _make_sample(kind, out, *, cases, seed, bias, quiet):
-    from .data.synthetic import brain_cohort_job, fundus_cohort_job
+    from ..data.synthetic import brain_cohort_job, fundus_cohort_job
 
     kwargs = {"seed": seed}
     if cases:
         kwargs["n_cases"] = cases
     if kind == "brain":
-        return _run(brain_cohort_job(out, bias=bias, **kwargs), quiet)
-    return _run(fundus_cohort_job(out, **kwargs), quiet)
+        return run_with_bar(brain_cohort_job(out, bias=bias, **kwargs), quiet)
+    return run_with_bar(fundus_cohort_job(out, **kwargs), quiet)
 
 
 def _cmd_sample(args) -> int:
@@ -175,11 +126,11 @@ def _cmd_sample(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from .data.readers import open_cohort
-    from .report.audit import AuditConfig, audit_job, write_audit
+    from ..data.readers import open_cohort
+    from ..report.audit import AuditConfig, audit_job, write_audit
 
     out = Path(args.out)
-    shipped = Path(__file__).resolve().parent.parent / "sample_data" / args.kind
+    shipped = Path(__file__).resolve().parents[2] / "sample_data" / args.kind
     if args.kind == "fundus" and shipped.is_dir():
         cohort_path = shipped
         print(f"cohort: bundled fundus sample {shipped}")
@@ -196,24 +147,24 @@ def _cmd_demo(args) -> int:
     preds = out / "predictions"
     test_ids = cohort.cases.loc[cohort.cases["split"] == "test", "case_id"].tolist()
     if args.predictor == "atlas":
-        from .baseline import atlas_predictions_job
+        from ..baseline import atlas_predictions_job
 
         print("predictions: atlas baseline (majority label of the training cases) -> " + str(preds))
-        _run(atlas_predictions_job(cohort, preds), args.quiet)
+        run_with_bar(atlas_predictions_job(cohort, preds), args.quiet)
     else:
-        from .inference import InferenceConfig, Predictor, predict_pool_job
-        from .models.checkpoint import load_checkpoint
-        from .models.zoo import bundled_checkpoint
+        from ..inference import InferenceConfig, Predictor, predict_pool_job
+        from ..models.checkpoint import load_checkpoint
+        from ..models.zoo import bundled_checkpoint
 
         ckpt = load_checkpoint(bundled_checkpoint(args.kind))
         predictor = Predictor.from_checkpoint(ckpt, InferenceConfig(uncertainty="entropy"))
         print(f"predictions: bundled {ckpt.config.network} checkpoint on {predictor.device_name} -> {preds}")
-        result = _run(predict_pool_job(cohort, predictor, test_ids, out_dir=preds, checkpoint=ckpt), args.quiet)
+        result = run_with_bar(predict_pool_job(cohort, predictor, test_ids, out_dir=preds, checkpoint=ckpt), args.quiet)
         top = result.scores.sort_values("masked_entropy", ascending=False).head(3)
         print("most uncertain test cases (masked scaled entropy): "
               + ", ".join(f"{r.case_id} {r.masked_entropy:.4f}" for r in top.itertuples()))
     attrs = ("group", "sex", "age") if args.kind == "brain" else ("race", "gender", "age", "ethnicity", "language")
-    audit = _run(audit_job(cohort, preds, AuditConfig(attributes=attrs, split="test", min_group_size=5)), args.quiet)
+    audit = run_with_bar(audit_job(cohort, preds, AuditConfig(attributes=attrs, split="test", min_group_size=5)), args.quiet)
     paths = write_audit(audit, out / "audit")
     _print_headline(audit)
     print(f"report: {paths['report']}")
@@ -310,6 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--predictor", choices=["network", "atlas"], default="network",
                    help="the bundled network (default) or the model-free atlas baseline")
     d.set_defaults(func=_cmd_demo)
+
+    from .active import add_parsers
+
+    add_parsers(sub)
     return p
 
 

@@ -1,0 +1,326 @@
+"""The active-learning round: fine-tune → evaluate → score the pool → suggest a batch.
+
+One headless job, :func:`round_job`, shared by the GUI, ``fairseg suggest`` and
+``fairseg simulate``. A round works on a :class:`~.project.Project`:
+
+* the **labelled set** is every case of the pool split (``train`` by default) that has an
+  annotation in the project (its latest version);
+* the **pool** is every other case of that split;
+* the **held-out set** is the evaluation split (``test``), labelled by project annotations or,
+  failing that, by the cohort's own labels.
+
+A round trains only when it has to: when the labelled set changed since the latest round's model
+(or ``train=True``). It warm-starts from the previous round's model (``warm_start``, the
+default, cheap) or retrains from scratch (the paper's protocol). It then measures Dice,
+per-group Dice, Δ and ESSP on the held-out set, the labelled set's per-group Dice (the weights
+of WLE), scores the pool as the strategy needs, and stores the round, its metrics and its ranked
+suggestions in the project in one transaction. Annotating the suggestions
+(:meth:`~.project.Project.save_annotation`) and running the next round closes the loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..data.manifest import Cohort
+from ..errors import InputDataError
+from ..inference.device import choose_device
+from ..inference.predict import InferenceConfig, Predictor, predict_pool_job
+from ..metrics.groups import equity_summary
+from ..models.checkpoint import Checkpoint, check_compatible, load_checkpoint
+from ..models.zoo import resolve_checkpoint
+from ..progress import Job, Progress
+from ..training import (
+    CaseCache,
+    TrainConfig,
+    TrainResult,
+    default_group_attribute,
+    model_config_for,
+    train_job,
+    validate,
+)
+from .embeddings import embeddings_job
+from .project import Project, utc_now
+from .strategies import Context, make_strategy
+
+
+@dataclass(frozen=True)
+class RoundConfig:
+    """Settings of one active-learning round.
+
+    Attributes
+    ----------
+    strategy : str
+        One of :data:`~.strategies.STRATEGIES`.
+    batch : int
+        Cases to suggest.
+    epochs : int
+        Fine-tuning epochs when warm-starting from the previous round's model.
+    first_epochs : int
+        Epochs when training from scratch (no previous model, or ``warm_start=False``).
+    lr, train_batch, loss : float, int, str
+        Adam learning rate, training batch size and loss (``dicece`` or seed 001's ``bce``).
+    network, dropout : str, float
+        Network trained from scratch (dropout > 0 keeps MC-dropout strategies possible).
+    warm_start : bool
+        Fine-tune the previous round's model (default) or retrain from scratch each round.
+    pool_split, eval_split : str
+        Split holding the labelled set and the pool; held-out evaluation split.
+    group_attribute : str or None
+        Sensitive attribute of WLE, the quotas and the per-group metrics (default: the first of
+        ``group``, ``race``, ``sex``, ``gender``).
+    roi_radius, mc_passes : int
+        ROI dilation (voxels) of the masked scaled entropy; MC-dropout passes (``epistemic``).
+    encoder : str
+        Embedding source of the fair-quota strategies: ``encoder`` or a TorchScript file.
+    n_candidates, lam : int, float
+        Random batches tried by ``stochastic``; representativeness weight of ``fair-ap``.
+    seed : int
+        Seeds training (with the round number) and the random strategies.
+    device, amp, inference_batch : str, bool, int
+        Where and how the network runs.
+    """
+
+    strategy: str = "wle"
+    batch: int = 4
+    epochs: int = 20
+    first_epochs: int = 60
+    lr: float = 3e-3
+    train_batch: int = 2
+    loss: str = "dicece"
+    network: str = "light_unet"
+    dropout: float = 0.1
+    warm_start: bool = True
+    pool_split: str = "train"
+    eval_split: str = "test"
+    group_attribute: str | None = None
+    roi_radius: int = 3
+    mc_passes: int = 8
+    encoder: str = "encoder"
+    n_candidates: int = 200
+    lam: float = 0.5
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    inference_batch: int = 4
+
+    def __post_init__(self):
+        make_strategy(self.strategy)  # validates the name
+        if self.batch < 1 or self.epochs < 1 or self.first_epochs < 1:
+            raise ValueError("batch, epochs and first_epochs must be >= 1")
+
+
+@dataclass
+class RoundResult:
+    """What a round produced.
+
+    Attributes
+    ----------
+    round_id : int
+    metrics : dict
+        Flat scalars: ``n_labelled``, ``n_labelled[g]``, ``ratio[g]`` (share of the labelled set
+        per group), held-out ``dice``, ``dice[g]``, ``delta``, ``essp``, ``worst_group``,
+        ``n_eval``, labelled-set ``labelled_dice[g]``, ``trained``, seconds per stage.
+    suggestions : pandas.DataFrame
+        Ranked batch: ``case_id``, ``score``, ``group``, ``group_weight`` (empty without suggest).
+    pool : pandas.DataFrame
+        Every pool case with its scores.
+    evaluation : pandas.DataFrame
+        Per-case held-out Dice with the group.
+    checkpoint : pathlib.Path
+        The round's model.
+    """
+
+    round_id: int
+    metrics: dict
+    suggestions: pd.DataFrame
+    pool: pd.DataFrame
+    evaluation: pd.DataFrame
+    checkpoint: Path
+    labelled_dice: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+
+def case_groups(cohort: Cohort, attribute: str | None, ids) -> pd.Series:
+    """Group label (string, missing → ``unknown``) of ``ids``."""
+    if attribute is None:
+        return pd.Series("all", index=list(ids), dtype=object)
+    col = cohort.cases.set_index("case_id").loc[list(ids), attribute]
+    return col.astype("string").fillna("unknown").astype(object)
+
+
+def labelled_key(latest: pd.DataFrame) -> str:
+    """A fingerprint of a labelled set: its cases and their latest versions."""
+    pairs = sorted(zip(latest["case_id"], latest["version"].astype(int), strict=True))
+    return hashlib.sha256(json.dumps(pairs).encode()).hexdigest()[:16]
+
+
+def _per_case_dice(predictor: Predictor, cohort: Cohort, ids, attribute: str | None) -> pd.DataFrame:
+    """Per-case Dice of ``ids`` (labels from ``cohort``) with each case's ``group``."""
+    if not ids:
+        return pd.DataFrame(columns=["case_id", "dice", "group"])
+    cache = CaseCache(cohort, predictor.config)
+    for cid in ids:
+        cache.load(cid)
+    table = validate(predictor, cache, cohort, ids)[["case_id", "dice"]]
+    table["group"] = case_groups(cohort, attribute, ids).to_numpy()
+    return table
+
+
+def _summary(table: pd.DataFrame, prefix: str = "") -> dict:
+    """Overall Dice, per-group Dice, Δ and ESSP of a per-case table (NaN when empty)."""
+    out = {}
+    if table.empty:
+        return {f"{prefix}dice": np.nan, f"{prefix}delta": np.nan, f"{prefix}essp": np.nan}
+    groups = table["group"].where(table["group"] != "unknown")
+    s = equity_summary(table["dice"].to_numpy(float), groups)
+    out[f"{prefix}dice"], out[f"{prefix}delta"], out[f"{prefix}essp"] = s["overall"], s["delta"], s["es"]
+    out[f"{prefix}worst_group"] = s["worst_group"]
+    for g, v in table.groupby("group")["dice"].mean().items():
+        out[f"{prefix}dice[{g}]"] = float(v)
+    return out
+
+
+def fit_job(cohort: Cohort, labelled: list[str], config: RoundConfig, *, out: Path,
+            init: Checkpoint | None = None, round_id: int = 1, attribute: str | None = None) -> Job[TrainResult]:
+    """Train a round's model on the labelled cases (no validation split: every label trains).
+
+    Fine-tunes ``init`` for ``config.epochs``, or trains ``config.network`` from scratch for
+    ``config.first_epochs``; seeded by ``config.seed`` and ``round_id``.
+    """
+    tc = TrainConfig(epochs=config.epochs if init is not None else config.first_epochs, lr=config.lr,
+                     batch_size=config.train_batch, loss=config.loss, seed=config.seed * 1000 + round_id,
+                     device=config.device, amp=config.amp, group_attribute=attribute, val_fraction=0.0)
+    mc = None if init is not None else model_config_for(cohort, network=config.network, dropout=config.dropout)
+    return (yield from train_job(cohort, mc, tc, out=out, train_ids=labelled, val_ids=[], init=init))
+
+
+def round_job(project: Project, config: RoundConfig = RoundConfig(), *, train: bool | None = None,
+              suggest: bool = True, model: Checkpoint | str | Path | None = None) -> Job[RoundResult]:
+    """Run one active-learning round on ``project``; yields progress events.
+
+    Parameters
+    ----------
+    train : bool or None
+        ``None`` (default): train when the labelled set changed since the latest round's model
+        or when there is none. ``True``: always train. ``False``: never (needs a model).
+    suggest : bool
+        Score the pool and suggest a batch (``False``: train and evaluate only, e.g. the last
+        cycle of a simulation).
+    model : Checkpoint, path or bundled name, optional
+        This round's model (no training unless ``train=True``, which fine-tunes it).
+    """
+    started, t0 = utc_now(), time.perf_counter()
+    rid = project.next_round_id()
+    cohort = project.working_cohort()
+    attribute = config.group_attribute or default_group_attribute(cohort)
+    if attribute is not None and attribute not in cohort.attributes:
+        raise InputDataError(cohort.source, f"group attribute {attribute!r} is not an attribute of the cohort "
+                             f"(it has {cohort.attributes})")
+    split = cohort.cases.set_index("case_id")["split"].astype(str)
+    pool_cases = split.index[split == config.pool_split].tolist()
+    if not pool_cases:
+        raise InputDataError(cohort.source, f"split {config.pool_split!r} has no cases to label "
+                             f"(splits: {sorted(split.unique())})")
+    latest = project.latest()
+    latest = latest[latest["case_id"].isin(pool_cases)]
+    labelled = latest["case_id"].tolist()
+    pool_ids = [c for c in pool_cases if c not in set(labelled)]
+    key = labelled_key(latest)
+    previous = project.rounds()
+    prev_ckpt = project.checkpoint_path()
+    device = choose_device(config.device)
+
+    # ---- the round's model: reuse, warm-start or train from scratch
+    start = load_checkpoint(resolve_checkpoint(model)) if isinstance(model, str | Path) else model
+    if start is not None:
+        check_compatible(start, cohort)
+    same_set = (not previous.empty and previous["labelled_key"].iloc[-1] == key and prev_ckpt is not None
+                and prev_ckpt.is_file())
+    must_train = train if train is not None else not same_set and start is None
+    if must_train and not labelled:
+        raise InputDataError(project.root, f"no labelled case in split {config.pool_split!r} to train on; label "
+                             "some first (fairseg label) or start from a model (--model)")
+    ckpt_path = project.root / "models" / f"round_{rid:04d}.pt"
+    t_train = time.perf_counter()
+    if must_train:
+        init = start
+        if init is None and config.warm_start and prev_ckpt is not None and prev_ckpt.is_file():
+            init = load_checkpoint(prev_ckpt)
+        yield from fit_job(cohort, labelled, config, out=ckpt_path, init=init, round_id=rid, attribute=attribute)
+        ckpt = load_checkpoint(ckpt_path)
+    else:
+        if start is not None:
+            ckpt, ckpt_path = start, start.path
+        elif prev_ckpt is not None and prev_ckpt.is_file():
+            ckpt, ckpt_path = load_checkpoint(prev_ckpt), prev_ckpt
+        else:
+            raise InputDataError(project.root, "no model for this round: train one (label some cases first) "
+                                 "or give a starting model (--model)")
+    train_s = time.perf_counter() - t_train
+    model_nn = ckpt.build(device)
+
+    # ---- held-out and labelled-set Dice
+    t_eval = time.perf_counter()
+    predictor = Predictor(model_nn, ckpt.config, InferenceConfig(device=str(device), amp=config.amp,
+                                                                 uncertainty="none", maps=False))
+    eval_cohort = project.working_cohort(cohort_labels=True)
+    eval_ids = [c for c in split.index[split == config.eval_split]
+                if isinstance(eval_cohort.row(c)["label"], str) and eval_cohort.row(c)["label"]]
+    yield Progress("evaluate", 0, len(eval_ids) + len(labelled), f"{len(eval_ids)} held-out cases")
+    evaluation = _per_case_dice(predictor, eval_cohort, eval_ids, attribute)
+    labelled_dice = _per_case_dice(predictor, cohort, labelled, attribute)
+    yield Progress("evaluate", len(eval_ids) + len(labelled), len(eval_ids) + len(labelled), "done")
+    eval_s = time.perf_counter() - t_eval
+
+    metrics: dict = {"labelled_key": key, "n_labelled": len(labelled), "n_pool": len(pool_ids),
+                     "n_eval": len(eval_ids), "group_attribute": attribute, "trained": bool(must_train),
+                     "seed": config.seed}
+    lab_groups = case_groups(cohort, attribute, labelled)
+    all_groups = sorted(set(case_groups(cohort, attribute, pool_cases)))
+    for g in all_groups:
+        n = int((lab_groups == g).sum())
+        metrics[f"n_labelled[{g}]"] = n
+        metrics[f"ratio[{g}]"] = n / len(labelled) if labelled else np.nan
+    metrics.update(_summary(evaluation))
+    metrics.update({f"labelled_{k}": v for k, v in _summary(labelled_dice).items() if k.startswith("dice[")})
+
+    # ---- score the pool and suggest
+    strategy = make_strategy(config.strategy, seed=config.seed * 1000 + rid, n_candidates=config.n_candidates,
+                             lam=config.lam)
+    pool = pd.DataFrame({"case_id": pool_ids, "group": case_groups(cohort, attribute, pool_ids).to_numpy()})
+    suggestions = pd.DataFrame(columns=["case_id", "score", "group", "group_weight"])
+    t_score = time.perf_counter()
+    if suggest and pool_ids:
+        if strategy.scoring is not None:
+            settings = InferenceConfig(device=str(device), amp=config.amp, batch_size=config.inference_batch,
+                                       uncertainty="mc" if strategy.scoring == "mc" else "entropy",
+                                       passes=config.mc_passes, roi_radius=config.roi_radius,
+                                       maps=strategy.scoring in ("maps", "mc"), seed=config.seed)
+            scored = yield from predict_pool_job(cohort, Predictor(model_nn, ckpt.config, settings), pool_ids)
+            pool = pool.merge(scored.scores, on="case_id", how="left")
+        embeddings = {}
+        if strategy.needs_embeddings:
+            embeddings = yield from embeddings_job(cohort, labelled + pool_ids, model=model_nn, config=ckpt.config,
+                                                   encoder=config.encoder, device=device)
+        context = Context(labelled_dice=labelled_dice, embeddings=embeddings, labelled=labelled)
+        pool = strategy.score(pool, context)
+        chosen = strategy.select(pool, config.batch, context)
+        suggestions = pool.set_index("case_id").loc[chosen, ["score", "group", "group_weight"]].reset_index()
+        yield Progress("suggest", len(chosen), config.batch, ", ".join(chosen))
+    if strategy.name == "wle" and "group_weight" in pool and len(pool):
+        for g, w in pool.groupby("group")["group_weight"].first().items():
+            metrics[f"weight[{g}]"] = float(w)
+    metrics.update(train_seconds=round(train_s, 2), eval_seconds=round(eval_s, 2),
+                   score_seconds=round(time.perf_counter() - t_score, 2),
+                   seconds=round(time.perf_counter() - t0, 2))
+    rid = project.record_round(started=started, strategy=config.strategy if suggest else None,
+                               batch=config.batch if suggest else None, checkpoint=ckpt_path, metrics=metrics,
+                               suggestions=suggestions)
+    return RoundResult(rid, metrics, suggestions, pool, evaluation, ckpt_path, labelled_dice)

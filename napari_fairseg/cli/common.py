@@ -1,0 +1,67 @@
+"""What every ``fairseg`` subcommand shares: the progress bar, running a job, argument parsing."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from ..progress import Progress, run_job
+
+
+class ProgressBar:
+    """A one-line text progress bar on stderr.
+
+    On a terminal the line is redrawn in place, whatever the stage (nested jobs switch stages
+    often). Into a file or pipe it writes a line the first time a stage appears and then at
+    most one line every ``every`` seconds, so long runs leave a readable log.
+    """
+
+    def __init__(self, stream=sys.stderr, width: int = 30, every: float = 10.0):
+        self.stream, self.width, self.every = stream, width, every
+        self.t0 = self.last = time.perf_counter()
+        self.seen: set[str] = set()
+        self.drawn = False
+        self.tty = getattr(stream, "isatty", lambda: False)()
+
+    def __call__(self, p: Progress) -> None:
+        now = time.perf_counter()
+        if not self.tty and p.stage in self.seen and now - self.last < self.every:
+            return
+        self.seen.add(p.stage)
+        self.last = now
+        if p.total:
+            fill = int(self.width * min(p.done, p.total) / p.total)
+            bar = f"[{'#' * fill}{'.' * (self.width - fill)}] {p.done}/{p.total}"
+        else:
+            bar = f"{p.done}"
+        line = f"{p.stage:<10} {bar} {p.message[:40]:<40} {now - self.t0:6.1f}s"
+        self.stream.write(f"\r{line:<100}" if self.tty else line + "\n")
+        self.drawn = True
+        self.stream.flush()
+
+    def close(self):
+        if self.tty and self.drawn:
+            self.stream.write("\n")
+
+
+def run_with_bar(job, quiet: bool):
+    bar = None if quiet else ProgressBar()
+    try:
+        return run_job(job, on_progress=bar)
+    finally:
+        if bar:
+            bar.close()
+
+
+def parse_ints(text: str | None) -> tuple[int, ...] | None:
+    if not text:
+        return None
+    try:
+        return tuple(int(t) for t in text.replace("x", ",").split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from None
+
+
+def parse_names(text: str | None) -> tuple[str, ...]:
+    return tuple(a.strip() for a in (text or "").split(",") if a.strip())
