@@ -54,10 +54,10 @@ def main():
         last = rounds[-1]
         print(f"\n[one full round] WLE, {last['n_labelled']} labelled, {last['n_pool']} in the pool, "
               f"{last['n_eval']} held out; median of {args.repeats}")
-        print(f"  fine-tune (20 epochs)     {m['train_seconds']:6.2f} s")
+        print(f"  fine-tune (20 epochs)              {m['train_seconds']:6.2f} s")
         print(f"  evaluate (held-out + labelled set) {m['eval_seconds']:6.2f} s")
-        print(f"  score pool + suggest      {m['score_seconds']:6.2f} s")
-        print(f"  whole round               {m['seconds']:6.2f} s  (fine-tuning is "
+        print(f"  score pool + suggest               {m['score_seconds']:6.2f} s")
+        print(f"  whole round                        {m['seconds']:6.2f} s  (fine-tuning is "
               f"{100 * m['train_seconds'] / m['seconds']:.0f}% of it)")
 
         with labelled_project(Path(tmp) / "strategies", cohort) as project:

@@ -116,6 +116,21 @@ def test_round_needs_labels_or_a_model(tmp_path, al_cohort):
         RoundConfig(strategy="entropy-max")
 
 
+def test_a_cancelled_round_records_nothing(tmp_path, al_cohort):
+    from napari_fairseg.errors import Cancelled
+
+    project = Project.create(tmp_path / "p", al_cohort)
+    _oracle(project, al_cohort, _train_ids(al_cohort, "major", 2) + _train_ids(al_cohort, "minor", 2))
+    seen = []
+    with pytest.raises(Cancelled):
+        run_job(round_job(project, RoundConfig(**FAST)), on_progress=seen.append,
+                should_cancel=lambda: seen[-1].stage == "epoch")
+    assert project.rounds().empty and project.suggestions().empty
+    assert project.status()["labelled"].sum() == 4  # the labels are untouched
+    r = run_job(round_job(project, RoundConfig(**FAST)))  # and the next attempt runs normally
+    assert r.round_id == 1 and r.metrics["trained"]
+
+
 def test_every_strategy_runs_a_round(tmp_path, al_cohort):
     project = Project.create(tmp_path / "p", al_cohort)
     _oracle(project, al_cohort, _train_ids(al_cohort, "major", 2) + _train_ids(al_cohort, "minor", 2))

@@ -124,3 +124,25 @@ def test_a_killed_writer_leaves_the_project_intact(project, tiny_brain):
     next_name = f"v{len(h) + 1:04d}.nii.gz"
     assert all(".part" in p.name or p.name == next_name for p in again.orphans()), again.orphans()
     assert again.save_annotation(cid, load_case(tiny_brain, cid).label, author="ana") == len(h) + 1
+
+
+def test_import_labels_from_a_manifest(tmp_path, tiny_brain):
+    from napari_fairseg.data.manifest import Cohort
+
+    project = Project.create(tmp_path / "proj", tiny_brain)
+    first = tiny_brain.case_ids[0]
+    project.save_annotation(first, np.zeros_like(load_case(tiny_brain, first).label), author="ana")
+    done = project.import_labels(tiny_brain, author="site-b")
+    assert first not in done and len(done) == len(tiny_brain) - 1  # a labelled case is not overwritten
+    h = project.history()
+    assert set(h[h["case_id"] != first]["source"]) == {"imported"} and set(h["author"]) == {"ana", "site-b"}
+    again = project.import_labels(tiny_brain, author="site-b", overwrite=True)
+    assert len(again) == len(tiny_brain)  # overwrite adds a version, it never replaces
+    assert list(project.history(first)["version"]) == [1, 2]
+    np.testing.assert_array_equal(project.load_annotation(first, 1), 0)
+    working = project.working_cohort()
+    np.testing.assert_array_equal(load_case(working, first).label, load_case(tiny_brain, first).label)
+    stranger = Cohort(tiny_brain.cases.assign(case_id=[f"x{i}" for i in range(len(tiny_brain))]), "nifti",
+                      tiny_brain.classes, "other", source=tiny_brain.source)
+    with pytest.raises(InputDataError, match="not in this project"):
+        project.import_labels(stranger)

@@ -231,7 +231,8 @@ def round_job(project: Project, config: RoundConfig = RoundConfig(), *, train: b
     latest = project.latest()
     latest = latest[latest["case_id"].isin(pool_cases)]
     labelled = latest["case_id"].tolist()
-    pool_ids = [c for c in pool_cases if c not in set(labelled)]
+    done = set(labelled)
+    pool_ids = [c for c in pool_cases if c not in done]
     key = labelled_key(latest)
     previous = project.rounds()
     prev_ckpt = project.checkpoint_path()
@@ -317,9 +318,9 @@ def round_job(project: Project, config: RoundConfig = RoundConfig(), *, train: b
     if strategy.name == "wle" and "group_weight" in pool and len(pool):
         for g, w in pool.groupby("group")["group_weight"].first().items():
             metrics[f"weight[{g}]"] = float(w)
-    metrics.update(train_seconds=round(train_s, 2), eval_seconds=round(eval_s, 2),
-                   score_seconds=round(time.perf_counter() - t_score, 2),
-                   seconds=round(time.perf_counter() - t0, 2))
+    metrics.update(train_seconds=round(train_s, 3), eval_seconds=round(eval_s, 3),
+                   score_seconds=round(time.perf_counter() - t_score, 3),
+                   seconds=round(time.perf_counter() - t0, 3))
     rid = project.record_round(started=started, strategy=config.strategy if suggest else None,
                                batch=config.batch if suggest else None, checkpoint=ckpt_path, metrics=metrics,
                                suggestions=suggestions)
