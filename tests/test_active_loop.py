@@ -273,3 +273,20 @@ def test_cli_project_label_suggest_status_export(tmp_path, al_cohort, capsys):
 
 def _cli_fast():
     return ["--batch", "2", "--epochs", "2", "--first-epochs", "5", "--device", "cpu", "--eval-split", "test"]
+
+
+def test_cli_simulate(tmp_path, al_cohort, capsys):
+    out = tmp_path / "sim"
+    args = ["--quiet", "simulate", str(al_cohort.source), "--out", str(out), "--strategies", "entropy,wle",
+            "--seeds", "0", "--initial", "2,2", "--cycles", "1", "--batch", "2", "--epochs", "2",
+            "--first-epochs", "5", "--device", "cpu", "--eval-split", "test"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "final budget (6 labels)" in text and "WLE lowers Δ by" in text
+    assert len(pd.read_csv(out / "results.csv")) == 4
+    assert main([*args, "--epochs", "3"]) == 2  # the folder holds results of other settings
+    assert "other settings (round differ)" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "b"), "--initial", "2,2,2"]) == 2  # three counts, two groups
+    assert "need 3 groups" in capsys.readouterr().err
+    assert main(["--quiet", "simulate", "--out", str(out)]) == 2
+    assert "give a cohort or a preset" in capsys.readouterr().err

@@ -10,11 +10,13 @@ strategy × seed × cycle (cycle 0 = the initial set) records the labelled count
 per-group Dice, Δ, ESSP, and each group's share of the labelled set.
 
 ``results.csv`` is rewritten (atomically) after every cycle, and a rerun with the same output
-folder skips the strategy × seed runs already complete, so an interrupted experiment resumes.
+folder and settings skips the strategy × seed runs already complete, so an interrupted
+experiment resumes; other settings in a folder with results are refused (``config.json``).
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Sequence
@@ -146,7 +148,15 @@ def simulate_job(cohort: Cohort, config: SimulationConfig, out_dir: str | Path) 
         complete = {k for k, n in counts.items() if n == config.cycles + 1}
         done = done[[(s, k) in complete for s, k in zip(done["strategy"], done["seed"], strict=True)]]
     rows = done.to_dict("records")
-    write_text_atomic(out / "config.json", pd.Series(asdict(config)).to_json(indent=2, default_handler=str))
+    settings = json.loads(json.dumps(asdict(config), default=str))
+    if (out / "config.json").is_file() and rows:
+        before = json.loads((out / "config.json").read_text())
+        diff = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
+        if diff:
+            raise InputDataError(out, f"holds results of an experiment with other settings ({', '.join(diff)} "
+                                 "differ); choose another output folder or remove it")
+    firsts = {seed: initial_set(cohort, config, seed) for seed in config.seeds}  # fail before any work
+    write_text_atomic(out / "config.json", json.dumps(settings, indent=2) + "\n")
     runs = [(k, s) for k in config.seeds for s in config.strategies]
     t0 = time.perf_counter()
     for i, (seed, strategy) in enumerate(runs):
@@ -155,7 +165,7 @@ def simulate_job(cohort: Cohort, config: SimulationConfig, out_dir: str | Path) 
             continue
         rc = replace(config.round, strategy=strategy, seed=seed)
         init_ckpt = out / "initial" / f"seed{seed}.pt"
-        first = initial_set(cohort, config, seed)
+        first = firsts[seed]
         if not init_ckpt.is_file():  # shared by every strategy of this seed
             attribute = rc.group_attribute or default_group_attribute(cohort)
             yield from fit_job(cohort, first, rc, out=init_ckpt, attribute=attribute)
