@@ -109,7 +109,11 @@ def test_progress_bar_into_a_file_writes_a_readable_log():
         bar(Progress("epoch", epoch + 1, 50))
     bar(Progress("evaluate", 1, 2))
     lines = log.getvalue().splitlines()
-    assert [ln.split()[0] for ln in lines] == ["train", "epoch", "evaluate"]  # once per new stage
+    assert [ln.split()[0] for ln in lines] == ["train", "epoch", "evaluate"]  # once per stage and interval
+    bar.last["simulate"] = bar.last["train"] - 7200  # a rare outer stage last printed long ago
+    bar(Progress("train", 1, 1))
+    bar(Progress("simulate", 2, 12, "wle seed 0"))
+    assert log.getvalue().splitlines()[-1].startswith("simulate")  # not drowned by the inner stages
     bar.every = 0
     bar(Progress("epoch", 50, 50, "done"))
     assert log.getvalue().splitlines()[-1].startswith("epoch") and "50/50" in log.getvalue().splitlines()[-1]

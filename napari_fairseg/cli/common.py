@@ -13,23 +13,23 @@ class ProgressBar:
     """A one-line text progress bar on stderr.
 
     On a terminal the line is redrawn in place, whatever the stage (nested jobs switch stages
-    often). Into a file or pipe it writes a line the first time a stage appears and then at
-    most one line every ``every`` seconds, so long runs leave a readable log.
+    often). Into a file or pipe it writes at most one line per stage every ``every`` seconds
+    (the first event of a stage always), so long runs leave a readable log in which rare outer
+    events (one per run of an experiment) are never drowned by frequent inner ones.
     """
 
     def __init__(self, stream=sys.stderr, width: int = 30, every: float = 10.0):
         self.stream, self.width, self.every = stream, width, every
-        self.t0 = self.last = time.perf_counter()
-        self.seen: set[str] = set()
+        self.t0 = time.perf_counter()
+        self.last: dict[str, float] = {}
         self.drawn = False
         self.tty = getattr(stream, "isatty", lambda: False)()
 
     def __call__(self, p: Progress) -> None:
         now = time.perf_counter()
-        if not self.tty and p.stage in self.seen and now - self.last < self.every:
+        if not self.tty and now - self.last.get(p.stage, float("-inf")) < self.every:
             return
-        self.seen.add(p.stage)
-        self.last = now
+        self.last[p.stage] = now
         if p.total:
             fill = int(self.width * min(p.done, p.total) / p.total)
             bar = f"[{'#' * fill}{'.' * (self.width - fill)}] {p.done}/{p.total}"
