@@ -1,0 +1,178 @@
+"""The Cohort dock: open a manifest or dataset folder, browse and filter its cases, open one.
+
+A thin skin over :mod:`napari_fairseg.data`: the table lists every case with its split,
+whether it has a ground-truth label, and its attributes; the filter keeps the cases of one
+subgroup; opening a case adds its image (physical scale) and ground truth as layers, replacing
+the previously opened case's layers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from napari.utils.notifications import show_error
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QComboBox,
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..data.layers import case_layers
+from ..data.readers import open_cohort
+from ..errors import FairSegError
+
+ALL = "(all)"
+
+
+class CohortDock(QWidget):
+    """Cohort browser; ``viewer`` is the napari viewer it adds layers to."""
+
+    def __init__(self, viewer):
+        super().__init__()
+        self.viewer = viewer
+        self.cohort = None
+        self.case_layers: list = []
+
+        self.path_edit = QLineEdit()
+        self.path_edit.setPlaceholderText("manifest.csv or dataset folder")
+        self.browse_button = QPushButton("Browse…")
+        self.load_button = QPushButton("Load cohort")
+        self.info = QLabel("No cohort loaded.")
+        self.info.setWordWrap(True)
+        self.attribute_combo = QComboBox()
+        self.value_combo = QComboBox()
+        self.table = QTableWidget(0, 0)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.setSortingEnabled(True)
+        self.open_button = QPushButton("Open case")
+        self.open_button.setEnabled(False)
+
+        top = QHBoxLayout()
+        top.addWidget(self.path_edit, 1)
+        top.addWidget(self.browse_button)
+        filt = QHBoxLayout()
+        filt.addWidget(QLabel("Subgroup:"))
+        filt.addWidget(self.attribute_combo, 1)
+        filt.addWidget(self.value_combo, 1)
+        layout = QVBoxLayout(self)
+        layout.addLayout(top)
+        layout.addWidget(self.load_button)
+        layout.addWidget(self.info)
+        layout.addLayout(filt)
+        layout.addWidget(self.table, 1)
+        layout.addWidget(self.open_button)
+
+        self.browse_button.clicked.connect(self._on_browse_clicked)
+        self.load_button.clicked.connect(self._on_load_clicked)
+        self.attribute_combo.currentTextChanged.connect(self._on_attribute_changed)
+        self.value_combo.currentTextChanged.connect(self._on_filter_changed)
+        self.open_button.clicked.connect(self._on_open_clicked)
+        self.table.itemSelectionChanged.connect(
+            lambda: self.open_button.setEnabled(bool(self.table.selectedItems())))
+        self.table.cellDoubleClicked.connect(lambda *_: self._on_open_clicked())
+
+    # ------------------------------------------------------------------ actions
+    def load(self, path: str | Path) -> None:
+        """Open a cohort and fill the table (errors go to the notification area)."""
+        try:
+            cohort = open_cohort(path)
+        except (FairSegError, OSError, ValueError) as exc:
+            show_error(f"Cannot open cohort: {exc}")
+            return
+        self.cohort = cohort
+        self.path_edit.setText(str(path))
+        labelled = cohort.cases["label"].map(lambda v: isinstance(v, str) and bool(v))
+        splits = ", ".join(f"{k} {v}" for k, v in cohort.cases["split"].value_counts().sort_index().items())
+        self.info.setText(f"<b>{cohort.name}</b> ({cohort.kind}): {len(cohort)} cases ({splits}), "
+                          f"{int(labelled.sum())} with ground truth")
+        self._fill_table(cohort.cases.assign(labelled=labelled))
+        self.attribute_combo.blockSignals(True)
+        self.attribute_combo.clear()
+        self.attribute_combo.addItems([ALL, *cohort.attributes])
+        self.attribute_combo.blockSignals(False)
+        self._on_attribute_changed(ALL)
+
+    def open_case(self, case_id: str) -> None:
+        """Show a case's image and ground truth, replacing the previously opened case."""
+        try:
+            layers = case_layers(self.cohort, case_id)
+        except (FairSegError, OSError, ValueError) as exc:
+            show_error(f"Cannot open case {case_id}: {exc}")
+            return
+        for layer in self.case_layers:
+            if layer in self.viewer.layers:
+                self.viewer.layers.remove(layer)
+        self.case_layers = []
+        for data, kwargs, kind in layers:
+            self.case_layers += _as_list(getattr(self.viewer, f"add_{kind}")(data, **kwargs))
+        self.viewer.reset_view()
+
+    def visible_case_ids(self) -> list[str]:
+        return [self.table.item(r, 0).text() for r in range(self.table.rowCount()) if not self.table.isRowHidden(r)]
+
+    # ------------------------------------------------------------------ slots
+    def _on_browse_clicked(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open cohort manifest", "", "Manifest (*.csv);;All files (*)")
+        if path:
+            self.load(path)
+
+    def _on_load_clicked(self) -> None:
+        text = self.path_edit.text().strip()
+        if not text:
+            show_error("Give a manifest file or dataset folder first")
+            return
+        self.load(text)
+
+    def _on_attribute_changed(self, attribute: str) -> None:
+        self.value_combo.blockSignals(True)
+        self.value_combo.clear()
+        if self.cohort is not None and attribute in self.cohort.attributes:
+            values = self.cohort.cases[attribute].astype("string").fillna("unknown").unique()
+            self.value_combo.addItems([ALL, *sorted(values)])
+        else:
+            self.value_combo.addItem(ALL)
+        self.value_combo.blockSignals(False)
+        self._on_filter_changed(ALL)
+
+    def _on_filter_changed(self, value: str) -> None:
+        attribute = self.attribute_combo.currentText()
+        col = self.columns.index(attribute) if attribute in getattr(self, "columns", []) else None
+        for r in range(self.table.rowCount()):
+            hide = col is not None and value not in (ALL, "") and self.table.item(r, col).text() != value
+            self.table.setRowHidden(r, hide)
+
+    def _on_open_clicked(self) -> None:
+        rows = {i.row() for i in self.table.selectedItems()}
+        if rows:
+            self.open_case(self.table.item(rows.pop(), 0).text())
+
+    # ------------------------------------------------------------------ helpers
+    def _fill_table(self, cases: pd.DataFrame) -> None:
+        self.columns = ["case_id", "split", "labelled", *self.cohort.attributes]
+        self.table.setSortingEnabled(False)
+        self.table.clear()
+        self.table.setColumnCount(len(self.columns))
+        self.table.setHorizontalHeaderLabels(["case", "split", "label", *self.cohort.attributes])
+        self.table.setRowCount(len(cases))
+        for r, row in enumerate(cases[self.columns].itertuples(index=False)):
+            for c, v in enumerate(row):
+                text = ("yes" if v else "no") if self.columns[c] == "labelled" else (
+                    "unknown" if pd.isna(v) else str(v))
+                self.table.setItem(r, c, QTableWidgetItem(text))
+        self.table.resizeColumnsToContents()
+        self.table.setSortingEnabled(True)
+
+
+def _as_list(x):
+    return list(x) if isinstance(x, list | tuple) else [x]

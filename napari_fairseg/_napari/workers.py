@@ -1,0 +1,124 @@
+"""The one place long jobs meet Qt: run a core job generator in a napari thread worker.
+
+A job (:data:`napari_fairseg.progress.Job`) yields :class:`~napari_fairseg.progress.Progress`
+records and returns its result. :class:`JobRunner` runs it in a ``GeneratorWorker`` thread,
+shows each record in a napari progress bar (the activity dock), calls ``on_done(result)`` on
+the GUI thread, shows errors in napari's notification area (the message names the file and
+the problem), and cancels at the job's next yield. Set ``FAIRSEG_INLINE_JOBS=1`` to run jobs
+inline on the GUI thread instead (for comparison in the responsiveness benchmark).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from napari.qt.threading import GeneratorWorker
+from napari.utils import progress as napari_progress
+from napari.utils.notifications import show_error, show_info
+
+from ..progress import Job, Progress, run_job
+
+
+def _drive(job: Job):
+    """Re-yield a job's progress and return its result (a plain generator for the worker)."""
+    return (yield from job)
+
+
+class JobRunner:
+    """Runs one job at a time for a dock; ``busy`` tells the dock to disable its Run button.
+
+    Parameters
+    ----------
+    on_state : callable, optional
+        Called with ``True`` when a job starts and ``False`` when it ends (any way).
+    """
+
+    def __init__(self, on_state: Callable[[bool], None] | None = None):
+        self.on_state = on_state
+        self.worker: GeneratorWorker | None = None
+        self.job: Job | None = None
+        self.bar: napari_progress | None = None
+        self.last: Progress | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self.worker is not None
+
+    def start(self, job: Job, *, title: str, on_done: Callable[[object], None],
+              on_error: Callable[[Exception], None] | None = None) -> None:
+        """Run ``job``; ``on_done(result)`` runs on the GUI thread when it finishes."""
+        if self.busy:
+            raise RuntimeError("a job is already running here; wait for it or cancel it")
+        self.job, self.title = job, title
+        self._state(True)
+        if os.environ.get("FAIRSEG_INLINE_JOBS") == "1":
+            try:
+                result = run_job(job, on_progress=self._on_progress)
+            except Exception as exc:  # noqa: BLE001 - shown to the user, like the worker's errors
+                self._finish()
+                self._on_error(exc, on_error)
+                return
+            self._finish()
+            on_done(result)
+            return
+        self.bar = napari_progress(total=0, desc=title)
+        worker = GeneratorWorker(_drive, job)
+        # events still queued from a finished or cancelled worker are dropped
+        worker.yielded.connect(lambda p, w=worker: self._on_progress(p) if self.worker is w else None)
+        worker.returned.connect(lambda result: (self._finish(), on_done(result)))
+        try:  # napari may relay errors as a traceback notification; we show one clear line instead
+            worker.errored.disconnect(worker._relay_error)
+        except (TypeError, AttributeError):
+            pass  # not connected in this napari version
+        worker.errored.connect(lambda exc: (self._finish(), self._on_error(exc, on_error)))
+        worker.aborted.connect(self._on_aborted)
+        self.worker = worker
+        worker.start()
+
+    def cancel(self) -> None:
+        """Stop the job at its next progress event (files it finished stay complete)."""
+        if self.worker is not None:
+            self.worker.quit()
+
+    def wait(self, msecs: int = 10_000) -> None:
+        """Block until the worker thread is done (closing a dock, tests)."""
+        if self.worker is not None:
+            self.worker.await_workers(msecs)
+
+    # ------------------------------------------------------------------ slots (GUI thread)
+    def _on_progress(self, p: Progress) -> None:
+        self.last = p
+        bar = self.bar  # updating the bar may process events that end the job
+        if bar is not None:
+            bar.total = p.total or 0
+            bar.n = min(p.done, p.total) if p.total else p.done
+            bar.set_description(f"{self.title}: {p.stage} {p.message}"[:80])
+            bar.refresh()
+
+    def _on_error(self, exc: Exception, on_error) -> None:
+        msg = str(exc) if isinstance(exc, Exception) else repr(exc)
+        show_error(f"{self.title} failed: {msg}")
+        if on_error is not None:
+            on_error(exc)
+
+    def _on_aborted(self) -> None:
+        job = self.job
+        self._finish()
+        if job is not None:
+            try:
+                job.close()  # runs the job's finally blocks (partial files are cleaned up)
+            except ValueError:
+                pass
+        show_info(f"{self.title}: cancelled")
+
+    def _finish(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.bar, self.worker, self.job = None, None, None
+        self._state(False)
+
+    def _state(self, running: bool) -> None:
+        if self.on_state is not None:
+            self.on_state(running)
+

@@ -1,0 +1,108 @@
+"""Docks and the job worker in a real napari window (Xvfb), driven through their buttons."""
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from qtpy.QtCore import Qt
+
+from napari_fairseg._napari.cohort_dock import CohortDock
+from napari_fairseg._napari.workers import JobRunner
+from napari_fairseg.data.arrays import load_case
+from napari_fairseg.errors import InputDataError
+from napari_fairseg.progress import Progress
+
+SHOTS = Path(__file__).resolve().parent.parent / "build" / "screenshots"
+
+
+def _shot(widget, name):
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    path = SHOTS / f"{name}.png"
+    assert widget.grab().save(str(path))
+    return path
+
+
+def test_cohort_dock_loads_filters_and_opens_a_case(make_napari_viewer, qtbot, tiny_brain):
+    viewer = make_napari_viewer()
+    dock = CohortDock(viewer)
+    viewer.window.add_dock_widget(dock, name="Cohort")
+    dock.path_edit.setText(str(tiny_brain.source / "manifest.csv"))
+    qtbot.mouseClick(dock.load_button, Qt.MouseButton.LeftButton)
+    assert dock.table.rowCount() == len(tiny_brain) and f"{len(tiny_brain)} cases" in dock.info.text()
+    dock.attribute_combo.setCurrentText("group")
+    dock.value_combo.setCurrentText("Group 1")
+    expected = sorted(tiny_brain.cases.loc[tiny_brain.cases["group"] == "Group 1", "case_id"])
+    assert sorted(dock.visible_case_ids()) == expected
+    first = dock.visible_case_ids()[0]
+    row = next(r for r in range(dock.table.rowCount()) if dock.table.item(r, 0).text() == first)
+    dock.table.selectRow(row)
+    assert dock.open_button.isEnabled()
+    qtbot.mouseClick(dock.open_button, Qt.MouseButton.LeftButton)
+    names = [la.name for la in viewer.layers]
+    assert names == [first, f"{first} ground truth"]
+    case = load_case(tiny_brain, first)
+    np.testing.assert_array_equal(viewer.layers[1].data, case.label)
+    np.testing.assert_allclose(viewer.layers[0].scale, case.spacing)  # physical voxel size
+    _shot(viewer.window._qt_window, "cohort_dock")
+    other = expected[-1]
+    dock.open_case(other)  # a second case replaces the first one's layers
+    assert [la.name for la in viewer.layers] == [other, f"{other} ground truth"]
+
+
+def test_cohort_dock_reports_a_bad_path(make_napari_viewer, tmp_path, monkeypatch):
+    viewer = make_napari_viewer()
+    dock = CohortDock(viewer)
+    shown = []
+    monkeypatch.setattr("napari_fairseg._napari.cohort_dock.show_error", shown.append)
+    dock.load(tmp_path / "missing.csv")
+    assert dock.cohort is None and "missing.csv" in shown[0]
+
+
+def _counting(n, *, fail=False, delay=0.0):
+    for i in range(n):
+        time.sleep(delay)
+        yield Progress("count", i + 1, n, f"step {i + 1}")
+    if fail:
+        raise InputDataError("cohort.csv", "column 'group' is missing")
+    return n * 10
+
+
+def test_job_runner_reports_progress_results_errors_and_cancels(make_napari_viewer, qtbot, monkeypatch):
+    make_napari_viewer()
+    states, results, errors, shown = [], [], [], []
+    monkeypatch.setattr("napari_fairseg._napari.workers.show_error", shown.append)
+    runner = JobRunner(on_state=states.append)
+    runner.start(_counting(3), title="count", on_done=results.append)
+    with pytest.raises(RuntimeError, match="already running"):
+        runner.start(_counting(1), title="again", on_done=results.append)
+    qtbot.waitUntil(lambda: results == [30], timeout=10_000)
+    assert states == [True, False] and not runner.busy and runner.last.done == 3
+
+    runner.start(_counting(2, fail=True), title="audit", on_done=results.append, on_error=errors.append)
+    qtbot.waitUntil(lambda: len(errors) == 1, timeout=10_000)
+    assert "cohort.csv" in shown[0] and "column 'group' is missing" in shown[0] and results == [30]
+
+    closed = []
+
+    def endless():
+        try:
+            while True:
+                time.sleep(0.01)
+                yield Progress("loop", 0, None)
+        finally:
+            closed.append(True)
+
+    runner.start(endless(), title="endless", on_done=results.append)
+    qtbot.wait(100)
+    runner.cancel()
+    qtbot.waitUntil(lambda: not runner.busy, timeout=10_000)
+    assert closed == [True] and results == [30] and states[-1] is False
+
+
+def test_job_runner_inline_mode(make_napari_viewer, monkeypatch):
+    make_napari_viewer()
+    monkeypatch.setenv("FAIRSEG_INLINE_JOBS", "1")
+    results = []
+    JobRunner().start(_counting(2), title="inline", on_done=results.append)
+    assert results == [20]  # finished before start() returned
