@@ -16,10 +16,14 @@ from napari_fairseg.progress import Progress
 SHOTS = Path(__file__).resolve().parent.parent / "build" / "screenshots"
 
 
-def _shot(widget, name):
+def _shot(viewer, name):
+    """Save the whole window (1400×900) for a person to look at: build/screenshots/<name>.png."""
     SHOTS.mkdir(parents=True, exist_ok=True)
     path = SHOTS / f"{name}.png"
-    assert widget.grab().save(str(path))
+    window = viewer.window._qt_window
+    window.resize(1400, 900)
+    viewer.reset_view()
+    assert window.grab().save(str(path))
     return path
 
 
@@ -44,7 +48,7 @@ def test_cohort_dock_loads_filters_and_opens_a_case(make_napari_viewer, qtbot, t
     case = load_case(tiny_brain, first)
     np.testing.assert_array_equal(viewer.layers[1].data, case.label)
     np.testing.assert_allclose(viewer.layers[0].scale, case.spacing)  # physical voxel size
-    _shot(viewer.window._qt_window, "cohort_dock")
+    _shot(viewer, "cohort_dock")
     other = expected[-1]
     dock.open_case(other)  # a second case replaces the first one's layers
     assert [la.name for la in viewer.layers] == [other, f"{other} ground truth"]
@@ -106,3 +110,42 @@ def test_job_runner_inline_mode(make_napari_viewer, monkeypatch):
     results = []
     JobRunner().start(_counting(2), title="inline", on_done=results.append)
     assert results == [20]  # finished before start() returned
+
+
+def test_inference_dock_runs_on_the_case_and_the_cohort(make_napari_viewer, qtbot, tiny_brain, tmp_path):
+    from napari_fairseg._napari.inference_dock import InferenceDock
+    from napari_fairseg.inference import InferenceConfig, Predictor, predict_pool_job
+    from napari_fairseg.models.checkpoint import load_checkpoint
+    from napari_fairseg.models.zoo import bundled_checkpoint
+    from napari_fairseg.progress import run_job
+
+    viewer = make_napari_viewer()
+    cohort_dock, dock = CohortDock(viewer), InferenceDock(viewer)
+    viewer.window.add_dock_widget(cohort_dock, name="Cohort")
+    viewer.window.add_dock_widget(dock, name="Model & inference")
+    qtbot.mouseClick(dock.run_case_button, Qt.MouseButton.LeftButton)  # nothing open yet: no crash, no job
+    assert not dock.runner.busy
+    cohort_dock.load(tiny_brain.source / "manifest.csv")
+    case_id = tiny_brain.case_ids[0]
+    cohort_dock.open_case(case_id)
+    assert dock.model_combo.currentText() == "brain (bundled)"  # picked for a NIfTI cohort
+    dock.device_combo.setCurrentText("cpu")
+    qtbot.mouseClick(dock.run_case_button, Qt.MouseButton.LeftButton)
+    assert not dock.run_case_button.isEnabled() and dock.cancel_button.isEnabled()  # busy while it runs
+    qtbot.waitUntil(lambda: f"{case_id} prediction" in viewer.layers, timeout=60_000)
+    qtbot.waitUntil(lambda: dock.run_case_button.isEnabled(), timeout=10_000)
+    ckpt = load_checkpoint(bundled_checkpoint("brain"))
+    ref = run_job(predict_pool_job(tiny_brain, Predictor.from_checkpoint(ckpt, InferenceConfig(device="cpu")),
+                                   [case_id], keep=True)).predictions[case_id]
+    np.testing.assert_array_equal(viewer.layers[f"{case_id} prediction"].data, ref.label)
+    np.testing.assert_allclose(viewer.layers[f"{case_id} entropy"].data, ref.maps["entropy"], atol=1e-6)
+    assert viewer.layers[f"{case_id} entropy"].contrast_limits == [0.0, pytest.approx(np.log(2))]
+    assert f"masked scaled entropy {ref.scores['masked_entropy']:.4f}" in dock.status.text()
+    assert "cpu" in dock.status.text()
+    _shot(viewer, "inference_dock")
+
+    dock.out_dir.setText(str(tmp_path / "preds"))
+    qtbot.mouseClick(dock.run_cohort_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: (tmp_path / "preds" / "scores.csv").is_file(), timeout=60_000)
+    qtbot.waitUntil(lambda: "Predicted" in dock.status.text(), timeout=10_000)
+    assert len(list((tmp_path / "preds").glob("brain_*.nii.gz"))) == len(tiny_brain)

@@ -55,6 +55,7 @@ class CohortDock(QWidget):
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.setSortingEnabled(True)
+        self.table.setMinimumHeight(180)  # stays readable when other docks stack below it
         self.open_button = QPushButton("Open case")
         self.open_button.setEnabled(False)
 
