@@ -149,3 +149,68 @@ def test_inference_dock_runs_on_the_case_and_the_cohort(make_napari_viewer, qtbo
     qtbot.waitUntil(lambda: (tmp_path / "preds" / "scores.csv").is_file(), timeout=60_000)
     qtbot.waitUntil(lambda: "Predicted" in dock.status.text(), timeout=10_000)
     assert len(list((tmp_path / "preds").glob("brain_*.nii.gz"))) == len(tiny_brain)
+
+
+def test_active_learning_dock_suggest_accept_edit_save_next_retrain(make_napari_viewer, qtbot, tiny_brain,
+                                                                     tmp_path, monkeypatch):
+    from qtpy.QtWidgets import QMessageBox
+
+    from napari_fairseg._napari.active_dock import ActiveLearningDock
+    from napari_fairseg.active import Project
+
+    root = tmp_path / "proj"
+    train = tiny_brain.cases.loc[tiny_brain.cases["split"] == "train", "case_id"].tolist()
+    with Project.create(root, tiny_brain) as p:
+        for cid in train[:2]:
+            p.save_annotation(cid, load_case(tiny_brain, cid).label, author="seed", source="imported")
+    viewer = make_napari_viewer()
+    dock = ActiveLearningDock(viewer)
+    viewer.window.add_dock_widget(dock, name="Active learning")
+    dock.project_edit.setText(str(root))
+    qtbot.mouseClick(dock.open_button, Qt.MouseButton.LeftButton)
+    dock.strategy_combo.setCurrentText("localized")
+    dock.batch.setValue(2)
+    dock.epochs.setValue(2)
+    dock.author_edit.setText("ana")
+    qtbot.mouseClick(dock.suggest_button, Qt.MouseButton.LeftButton)
+    assert not dock.suggest_button.isEnabled() and dock.cancel_button.isEnabled()
+    qtbot.waitUntil(lambda: dock.table.rowCount() == 2 and dock.suggest_button.isEnabled(), timeout=120_000)
+    suggested = [dock.table.item(r, 0).text() for r in range(2)]
+    assert set(suggested) == set(train[2:]) and "Round 1 (trained)" in dock.status.text()
+
+    dock.table.selectRow(0)
+    qtbot.mouseClick(dock.accept_button, Qt.MouseButton.LeftButton)
+    first = suggested[0]
+    qtbot.waitUntil(lambda: f"{first} annotation" in viewer.layers, timeout=30_000)
+    layer = viewer.layers[f"{first} annotation"]
+    assert layer.mode == "paint" and not dock.unsaved()
+    edited = layer.data.copy()
+    edited[:4, :4, :4] = 1
+    layer.data = edited  # a correction, as the brush would make
+    assert dock.unsaved()
+    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: QMessageBox.StandardButton.No)
+    qtbot.mouseClick(dock.next_button, Qt.MouseButton.LeftButton)  # unsaved edits: the user keeps them
+    assert viewer.layers[f"{first} annotation"] is layer and dock.case_id == first
+    qtbot.mouseClick(dock.save_button, Qt.MouseButton.LeftButton)
+    assert not dock.unsaved() and dock.table.item(0, 4).text() == "yes"
+
+    qtbot.mouseClick(dock.next_button, Qt.MouseButton.LeftButton)
+    second = suggested[1]
+    qtbot.waitUntil(lambda: f"{second} annotation" in viewer.layers, timeout=30_000)
+    qtbot.waitUntil(lambda: dock.accept_button.isEnabled(), timeout=10_000)
+    assert f"{first} annotation" not in viewer.layers
+    qtbot.mouseClick(dock.save_button, Qt.MouseButton.LeftButton)  # accepted as the model drew it
+
+    qtbot.mouseClick(dock.retrain_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: "Round 2 (trained)" in dock.status.text(), timeout=120_000)
+    lines = dock.figure.axes[0].get_lines()
+    assert [list(ln.get_xdata()) for ln in lines] == [[1, 2]] * 3  # Dice, Δ, ESSP per round
+    _shot(viewer, "active_learning_dock")
+    dock.close()
+
+    with Project.open(root) as again:  # save → reopen → version history
+        h = again.history().set_index("case_id")
+        assert h.loc[first, "author"] == "ana" and h.loc[first, "source"] == "human"
+        assert h.loc[second, "source"] == "model"
+        np.testing.assert_array_equal(again.load_annotation(first), edited)
+        assert len(again.rounds()) == 2

@@ -240,3 +240,11 @@ def test_bad_metadata_tables(tmp_path):
     nib.save(nib.Nifti1Image(np.zeros((3, 3, 3), np.uint8), np.eye(4)), str(root / "labels" / "orphan.nii.gz"))
     with pytest.raises(InputDataError, match="label file\\(s\\) with no image: \\['orphan'\\]"):
         open_cohort(root)
+
+
+def test_a_folder_holding_a_manifest_opens_the_manifest(tiny_brain):
+    from napari_fairseg.data.readers import open_cohort
+
+    via_folder = open_cohort(tiny_brain.source)
+    assert via_folder.source == tiny_brain.source / "manifest.csv"
+    assert list(via_folder.cases["split"]) == list(tiny_brain.cases["split"])  # not a bare NIfTI scan

@@ -337,7 +337,11 @@ def _plain(metrics: dict) -> dict:
 
 
 def _connect(path: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(str(path), isolation_level=None, timeout=30)
+    # The GUI opens a project on its thread and runs rounds in a worker thread: the connection may
+    # cross threads when the SQLite library is serialized (threadsafety 3, the usual build);
+    # otherwise Python's same-thread check stays on and reports the misuse.
+    db = sqlite3.connect(str(path), isolation_level=None, timeout=30,
+                         check_same_thread=sqlite3.threadsafety != 3)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=FULL")
     db.execute("PRAGMA foreign_keys=ON")

@@ -29,6 +29,10 @@ LABEL_TAGS = ("_label", "_labels", "_seg", "_mask", "_gt")
 METADATA_NAMES = ("metadata.csv", "metadata.xlsx", "metadata.tsv", "clinical.csv", "clinical.xlsx")
 
 
+#: the manifest a folder of ours holds; opening the folder opens it
+MANIFEST_NAME = "manifest.csv"
+
+
 def detect_kind(path: str | Path) -> str:
     """Which reader fits ``path``: ``manifest`` or one of the cohort kinds."""
     path = Path(path)
@@ -38,6 +42,8 @@ def detect_kind(path: str | Path) -> str:
         raise InputDataError(path, "not a cohort: expected a manifest .csv or a dataset folder")
     if not path.is_dir():
         raise InputDataError(path, "no such file or folder")
+    if (path / MANIFEST_NAME).is_file():  # a folder we wrote (fairseg sample, project export)
+        return "manifest"
     if (path / "images").is_dir() and (path / "segmentations").is_dir():
         return "mamamia"
     files = [p for p in path.rglob("*") if p.is_file()]
@@ -65,7 +71,7 @@ def open_cohort(path: str | Path, *, metadata: str | Path | None = None, kind: s
     Parameters
     ----------
     path : str or Path
-        A manifest CSV or a dataset folder.
+        A manifest CSV or a dataset folder (a folder holding ``manifest.csv`` opens that).
     metadata : str or Path, optional
         A metadata table (CSV / XLSX) joined by case id, ignoring case. Folders are also
         searched for ``metadata.csv`` / ``metadata.xlsx``.
@@ -84,6 +90,8 @@ def open_cohort(path: str | Path, *, metadata: str | Path | None = None, kind: s
     path = Path(path)
     kind = kind or detect_kind(path)
     if kind == "manifest":
+        if path.is_dir():
+            path = path / MANIFEST_NAME
         cohort = read_manifest(path)
         if metadata is not None:
             cases, notes = join_metadata(cohort.cases, read_table(metadata), source=metadata)
