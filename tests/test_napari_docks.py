@@ -214,3 +214,52 @@ def test_active_learning_dock_suggest_accept_edit_save_next_retrain(make_napari_
         assert h.loc[second, "source"] == "model"
         np.testing.assert_array_equal(again.load_annotation(first), edited)
         assert len(again.rounds()) == 2
+
+
+def test_audit_dock_tables_heatmap_drilldown_and_export(make_napari_viewer, qtbot, tiny_brain, tmp_path):
+    from matplotlib.backend_bases import MouseEvent
+
+    from napari_fairseg._napari.audit_dock import AuditDock
+    from napari_fairseg.inference import InferenceConfig, Predictor, predict_pool_job
+    from napari_fairseg.models.checkpoint import load_checkpoint
+    from napari_fairseg.models.zoo import bundled_checkpoint
+    from napari_fairseg.progress import run_job
+    from napari_fairseg.report.audit import AuditConfig, audit_job
+
+    preds = tmp_path / "preds"
+    ckpt = load_checkpoint(bundled_checkpoint("brain"))
+    run_job(predict_pool_job(tiny_brain, Predictor.from_checkpoint(ckpt, InferenceConfig(device="cpu")),
+                             out_dir=preds, write_maps=False))
+    viewer = make_napari_viewer()
+    dock = AuditDock(viewer)
+    viewer.window.add_dock_widget(dock, name="Fairness audit")
+    assert dock.set_cohort(tiny_brain.source / "manifest.csv")
+    dock.pred_edit.setText(str(preds))
+    dock.attr_a.setCurrentText("group")
+    dock.attr_b.setCurrentText("sex")
+    dock.split_combo.setCurrentText("(all)")
+    qtbot.mouseClick(dock.run_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: dock.audit is not None, timeout=60_000)
+    ref = run_job(audit_job(tiny_brain, preds, AuditConfig(attributes=("group", "sex"), min_group_size=5, n_boot=500)))
+    e = ref.summary["attributes"]["group"]["metrics"]["dice_caudate"]
+    assert dock.metric_combo.currentText() == "dice_caudate"
+    assert f"Δ {e['delta']:.4f}" in dock.summary.text() and f"ES (ESSP) {e['es']:.4f}" in dock.summary.text()
+    g = ref.groups[(ref.groups["attribute"] == "group") & (ref.groups["metric"] == "dice_caudate")]
+    shown = {dock.groups_table.item(r, 0).text(): dock.groups_table.item(r, 2).text() for r in range(len(g))}
+    assert shown == {row.group: f"{row.mean:.4f}" for row in g.itertuples()}
+
+    # click the Group 1 × F cell of the heatmap: its cases are listed, and one opens with its prediction
+    ax = dock.figure.axes[0]
+    row = list(ax.get_yticklabels()).index(next(t for t in ax.get_yticklabels() if t.get_text() == "Group 1"))
+    col = list(ax.get_xticklabels()).index(next(t for t in ax.get_xticklabels() if t.get_text() == "F"))
+    x, y = ax.transData.transform((col, row))
+    MouseEvent("button_press_event", dock.canvas, x, y, button=1)._process()
+    c = tiny_brain.cases
+    expected = sorted(c.loc[(c["group"] == "Group 1") & (c["sex"] == "F"), "case_id"])
+    listed = sorted(dock.cases_list.item(i).text() for i in range(dock.cases_list.count()))
+    assert listed == expected and listed
+    dock.open_case(listed[0])
+    assert [la.name for la in viewer.layers][-1] == f"{listed[0]} prediction"
+    _shot(viewer, "audit_dock")
+    report = dock.export(tmp_path / "report")
+    assert report.is_file() and (tmp_path / "report" / "groups.csv").is_file()
