@@ -143,6 +143,12 @@ def test_inference_dock_runs_on_the_case_and_the_cohort(make_napari_viewer, qtbo
     assert f"masked scaled entropy {ref.scores['masked_entropy']:.4f}" in dock.status.text()
     assert "cpu" in dock.status.text()
     _shot(viewer, "inference_dock")
+    dock.uncertainty_combo.setCurrentText("mc")
+    dock.passes.setValue(2)
+    qtbot.mouseClick(dock.run_case_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: f"{case_id} mutual information" in viewer.layers, timeout=60_000)
+    qtbot.waitUntil(lambda: dock.run_case_button.isEnabled(), timeout=10_000)
+    assert sum(la.name == f"{case_id} prediction" for la in viewer.layers) == 1  # replaced, not stacked
 
     dock.out_dir.setText(str(tmp_path / "preds"))
     qtbot.mouseClick(dock.run_cohort_button, Qt.MouseButton.LeftButton)
@@ -263,3 +269,27 @@ def test_audit_dock_tables_heatmap_drilldown_and_export(make_napari_viewer, qtbo
     _shot(viewer, "audit_dock")
     report = dock.export(tmp_path / "report")
     assert report.is_file() and (tmp_path / "report" / "groups.csv").is_file()
+
+
+def test_inference_dock_trains_a_model_and_selects_it(make_napari_viewer, qtbot, tiny_brain, tmp_path):
+    import shutil
+
+    from napari_fairseg._napari.inference_dock import FILE, InferenceDock
+    from napari_fairseg.data.readers import open_cohort
+    from napari_fairseg.models.checkpoint import load_checkpoint
+
+    shutil.copytree(tiny_brain.source, tmp_path / "cohort")  # training writes models/ beside the cohort
+    cohort = open_cohort(tmp_path / "cohort" / "manifest.csv")
+    viewer = make_napari_viewer()
+    dock = InferenceDock(viewer)
+    cohort_dock = CohortDock(viewer)
+    cohort_dock.load(cohort.source)
+    cohort_dock.open_case(cohort.case_ids[0])
+    dock.device_combo.setCurrentText("cpu")
+    dock.train_epochs.setValue(2)
+    qtbot.mouseClick(dock.train_button, Qt.MouseButton.LeftButton)
+    assert not dock.train_button.isEnabled()
+    qtbot.waitUntil(lambda: dock.model_combo.currentText() == FILE, timeout=120_000)
+    ckpt = load_checkpoint(dock.model_path.text())
+    assert ckpt.meta["epoch"] == 2 and Path(dock.model_path.text()).parent == tmp_path / "cohort" / "models"
+    assert dock.train_button.isEnabled() and "validation Dice" in dock.status.text()

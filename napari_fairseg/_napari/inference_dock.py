@@ -34,6 +34,7 @@ from ..inference import InferenceConfig, Predictor, predict_pool_job
 from ..inference.uncertainty import max_entropy
 from ..models.checkpoint import check_compatible, load_checkpoint
 from ..models.zoo import BUNDLED, resolve_checkpoint
+from ..training import TrainConfig, model_config_for, train_job
 from .workers import JobRunner
 
 FILE = "checkpoint file…"
@@ -69,6 +70,10 @@ class InferenceDock(QWidget):
         self.passes.setValue(8)
         self.out_dir = QLineEdit()
         self.out_dir.setPlaceholderText("default: <cohort folder>/predictions")
+        self.train_epochs = QSpinBox()
+        self.train_epochs.setRange(1, 2000)
+        self.train_epochs.setValue(40)
+        self.train_button = QPushButton("Train a model on the cohort")
         self.run_case_button = QPushButton("Run on this case")
         self.run_cohort_button = QPushButton("Run on the cohort")
         self.cancel_button = QPushButton("Cancel")
@@ -89,6 +94,11 @@ class InferenceDock(QWidget):
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addLayout(buttons)
+        train_row = QHBoxLayout()
+        train_row.addWidget(self.train_button, 1)
+        train_row.addWidget(QLabel("epochs"))
+        train_row.addWidget(self.train_epochs)
+        layout.addLayout(train_row)
         layout.addWidget(self.cancel_button)
         layout.addWidget(self.status)
         layout.addStretch(1)
@@ -99,6 +109,7 @@ class InferenceDock(QWidget):
         self.model_path.setEnabled(False)
         self.run_case_button.clicked.connect(self._on_run_case_clicked)
         self.run_cohort_button.clicked.connect(self._on_run_cohort_clicked)
+        self.train_button.clicked.connect(self._on_train_clicked)
         self.cancel_button.clicked.connect(self.runner.cancel)
         viewer.layers.events.inserted.connect(self._on_layer_inserted)
 
@@ -148,7 +159,35 @@ class InferenceDock(QWidget):
         job = predict_pool_job(cohort, predictor, out_dir=out, checkpoint=ckpt)
         self.runner.start(job, title="predict cohort", on_done=lambda r: self._show_cohort(r, out))
 
+    def _on_train_clicked(self) -> None:
+        """Train the cohort's default network (light 3D U-Net / 2D U-Net) on its train split."""
+        found = current_case(self.viewer)
+        if found is None:
+            show_error("No case is open: open one of the cohort to train on first")
+            return
+        try:
+            cohort = open_cohort(found[0])
+            config = TrainConfig(epochs=self.train_epochs.value(), lr=3e-3, device=self.device_combo.currentText())
+            model_config = model_config_for(cohort, dropout=0.1)
+        except (FairSegError, OSError, ValueError) as exc:
+            show_error(f"Cannot train: {exc}")
+            return
+        src = Path(cohort.source)
+        out = (src.parent if src.is_file() else src) / "models" / f"{cohort.name}-{model_config.network}.pt"
+        self.status.setText(f"Training {model_config.network} for {config.epochs} epochs → {out}…")
+        self.runner.start(train_job(cohort, model_config, config, out=out), title="train",
+                          on_done=lambda r: self._on_trained(r, out))
+
+    def _on_trained(self, result, out: Path) -> None:
+        self.model_combo.setCurrentText(FILE)
+        self.model_path.setText(str(out))
+        last = result.log.iloc[-1] if len(result.log) else {}
+        dice = last.get("val_dice", float("nan")) if hasattr(last, "get") else float("nan")
+        self.status.setText(f"Trained on {result.meta.get('device')}: validation Dice {dice:.4f}; "
+                            f"checkpoint {out} selected")
+
     def _on_running_changed(self, running: bool) -> None:
+        self.train_button.setEnabled(not running)
         self.run_case_button.setEnabled(not running)
         self.run_cohort_button.setEnabled(not running)
         self.cancel_button.setEnabled(running)
@@ -166,7 +205,8 @@ class InferenceDock(QWidget):
         pred = result.predictions[case_id]
         aff = np.asarray(affine if affine is not None else np.eye(4), dtype=float)
         meta = {"fairseg": {"case_id": case_id, "cohort": None}}
-        for name in (f"{case_id} prediction", f"{case_id} entropy", f"{case_id} ROI"):
+        for name in (f"{case_id} prediction", f"{case_id} entropy", f"{case_id} ROI",
+                     f"{case_id} mutual information"):
             if name in self.viewer.layers:
                 self.viewer.layers.remove(name)
         data, kw, _ = labels_layer(pred.label, aff, f"{case_id} prediction", meta)
@@ -181,6 +221,11 @@ class InferenceDock(QWidget):
             kw.update(opacity=1.0, colormap=DirectLabelColormap(color_dict={None: "transparent", 1: "cyan"}))
             roi = self.viewer.add_labels(data, **kw)
             roi.contour = 1  # an outline: the dilated prediction Eq. 1 averages entropy over
+            if "mutual_information" in pred.maps:  # MC dropout / TTA: the epistemic part of the entropy
+                data, kw, _ = image_layer(pred.maps["mutual_information"][None], aff,
+                                          f"{case_id} mutual information", meta)
+                kw.update(colormap="viridis", blending="additive", contrast_limits=(0.0, top), visible=False)
+                self.viewer.add_image(data, **kw)
             s = pred.scores
             text += (f"; masked scaled entropy {s['masked_entropy']:.4f} nats over {s['roi_voxels']} ROI voxels"
                      + (" (empty prediction: scored as the maximum)" if s.get("roi_empty") else "")
