@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_metrics.py
 	$(BIN)/python benchmarks/bench_engine.py
 	$(BIN)/python benchmarks/bench_round.py
+	xvfb-run -a $(BIN)/python benchmarks/bench_gui.py
 
 # Rebuild the bundled checkpoints (napari_fairseg/models/bundled/README.md).
 ZOO := napari_fairseg/models/bundled

@@ -11,6 +11,7 @@ inline on the GUI thread instead (for comparison in the responsiveness benchmark
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 
 from napari.qt.threading import GeneratorWorker
@@ -18,6 +19,9 @@ from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_info
 
 from ..progress import Job, Progress, run_job
+
+#: the progress bar is redrawn at most this often (seconds); the latest event is always kept
+DRAW_EVERY_S = 0.1
 
 
 def _drive(job: Job):
@@ -40,6 +44,7 @@ class JobRunner:
         self.job: Job | None = None
         self.bar: napari_progress | None = None
         self.last: Progress | None = None
+        self._drawn = 0.0
 
     @property
     def busy(self) -> bool:
@@ -89,6 +94,11 @@ class JobRunner:
     # ------------------------------------------------------------------ slots (GUI thread)
     def _on_progress(self, p: Progress) -> None:
         self.last = p
+        now = time.perf_counter()
+        final = p.total is not None and p.done >= p.total
+        if now - self._drawn < DRAW_EVERY_S and not final:
+            return  # redrawing napari's bar costs GUI time (and the GIL the worker needs)
+        self._drawn = now
         bar = self.bar  # updating the bar may process events that end the job
         if bar is not None:
             bar.total = p.total or 0
