@@ -16,8 +16,13 @@ $(STAMP): pyproject.toml setup.cfg constraints/cpu.txt
 
 install: $(STAMP)
 
+# The CLI demo (audit report), then napari: the viewer with the docks where there is a screen,
+# else the scripted tour under Xvfb (screenshots of each step in demo_output/).
 demo: $(STAMP)
 	$(BIN)/fairseg demo --out demo_output
+	@if [ -n "$$DISPLAY" ]; then $(BIN)/python -m napari_fairseg._napari.tour --out demo_output/tour; \
+	elif command -v xvfb-run >/dev/null; then xvfb-run -a $(BIN)/python -m napari_fairseg._napari.tour --tour --out demo_output/tour; \
+	else echo "no screen and no xvfb-run: skipped the napari tour (apt-get install xvfb)"; fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check napari_fairseg tests benchmarks
