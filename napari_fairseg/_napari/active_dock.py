@@ -42,7 +42,7 @@ from ..data.layers import image_layer, labels_layer
 from ..errors import FairSegError
 from ..inference import InferenceConfig, Predictor, predict_pool_job
 from ..models.checkpoint import load_checkpoint
-from .workers import JobRunner
+from .workers import JobRunner, focus_on
 
 
 class ActiveLearningDock(QWidget):
@@ -70,6 +70,8 @@ class ActiveLearningDock(QWidget):
         self.epochs.setValue(20)
         self.epochs.setToolTip("fine-tuning epochs per round (3× this when training from scratch)")
         self.author_edit = QLineEdit(getpass.getuser())
+        self.start_model = QLineEdit()
+        self.start_model.setPlaceholderText("brain, fundus or a checkpoint (until a round model exists)")
         self.suggest_button = QPushButton("Suggest")
         self.retrain_button = QPushButton("Retrain")
         self.cancel_button = QPushButton("Cancel")
@@ -96,6 +98,7 @@ class ActiveLearningDock(QWidget):
         form.addRow("Batch", self.batch)
         form.addRow("Epochs", self.epochs)
         form.addRow("Author", self.author_edit)
+        form.addRow("Start model", self.start_model)
         run = QHBoxLayout()
         for b in (self.suggest_button, self.retrain_button, self.cancel_button):
             run.addWidget(b)
@@ -150,7 +153,9 @@ class ActiveLearningDock(QWidget):
         config = RoundConfig(strategy=self.strategy_combo.currentText(), batch=self.batch.value(), epochs=e,
                              first_epochs=3 * e)
         self.status.setText(f"Round {self.project.next_round_id()}: {config.strategy}…")
-        self.runner.start(round_job(self.project, config, train=train), title="active-learning round",
+        start = self.start_model.text().strip() or None
+        model = start if start and self.project.checkpoint_path() is None else None
+        self.runner.start(round_job(self.project, config, train=train, model=model), title="active-learning round",
                           on_done=lambda r: self._refresh(r))
 
     def _refresh(self, result=None) -> None:
@@ -179,7 +184,9 @@ class ActiveLearningDock(QWidget):
             for col, label in (("dice", "Dice"), ("delta", "Δ"), ("essp", "ESSP")):
                 ax.plot(rounds["id"], rounds[col], marker="o", label=label)
             ax.legend(fontsize=7)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if not rounds.empty:
+            ax.set_xlim(0.5, float(rounds["id"].max()) + 0.5)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=min(8, len(rounds))))
         ax.set_xlabel("round", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.set_title("held-out split per round", fontsize=8)
@@ -224,6 +231,7 @@ class ActiveLearningDock(QWidget):
         self.layers.append(self.viewer.add_labels(data, **kw))
         self.viewer.layers.selection.active = self.layers[-1]
         self.layers[-1].mode = "paint"
+        focus_on(self.viewer, prefill, kw["scale"])
         self.case_id, self.prefill = case_id, np.array(prefill, copy=True)
         self.model_prefill = self.prefill.copy()
         self.status.setText(f"Annotating {case_id}: correct the prediction, then Save annotation.")

@@ -29,6 +29,7 @@ from qtpy.QtWidgets import (
 from ..data.layers import case_layers
 from ..data.readers import open_cohort
 from ..errors import FairSegError
+from .workers import focus_on
 
 ALL = "(all)"
 
@@ -118,6 +119,8 @@ class CohortDock(QWidget):
         for data, kwargs, kind in layers:
             self.case_layers += _as_list(getattr(self.viewer, f"add_{kind}")(data, **kwargs))
         self.viewer.reset_view()
+        if len(layers) > 1:  # show the slice through the middle of the ground truth
+            focus_on(self.viewer, layers[1][0], layers[1][1]["scale"])
 
     def visible_case_ids(self) -> list[str]:
         return [self.table.item(r, 0).text() for r in range(self.table.rowCount()) if not self.table.isRowHidden(r)]

@@ -103,6 +103,7 @@ def tour(out: Path) -> list[Path]:
                     p.save_annotation(cid, load_case(cohort, cid).label, author="demo", source="imported")
     al.project_edit.setText(str(root))
     al.open_button.click()
+    al.start_model.setText("brain")  # the first round suggests with the bundled model
     al.batch.setValue(3)
     al.epochs.setValue(10)
     al.suggest_button.click()

@@ -132,3 +132,18 @@ class JobRunner:
         if self.on_state is not None:
             self.on_state(running)
 
+
+
+def focus_on(viewer, mask, scale) -> None:
+    """Move the viewer's slider to the middle of ``mask``'s structure (a no-op when it is empty).
+
+    ``mask`` ``(*S)`` in voxels, ``scale`` its voxel size; napari's dims points are in world units.
+    """
+    import numpy as np
+
+    mask = np.asarray(mask)
+    if mask.ndim < 3 or not mask.any():
+        return
+    centre = np.argwhere(mask).mean(axis=0)
+    for axis in range(mask.ndim - 2):  # the sliced (not displayed) axes
+        viewer.dims.set_point(axis, float(centre[axis]) * float(scale[axis]))
