@@ -27,7 +27,7 @@ def _shot(viewer, name):
     return path
 
 
-def test_cohort_dock_loads_filters_and_opens_a_case(make_napari_viewer, qtbot, tiny_brain):
+def test_cohort_dock_loads_filters_and_opens_a_case(make_napari_viewer, qtbot, tiny_brain, tmp_path):
     viewer = make_napari_viewer()
     dock = CohortDock(viewer)
     viewer.window.add_dock_widget(dock, name="Cohort")
@@ -52,6 +52,16 @@ def test_cohort_dock_loads_filters_and_opens_a_case(make_napari_viewer, qtbot, t
     other = expected[-1]
     dock.open_case(other)  # a second case replaces the first one's layers
     assert [la.name for la in viewer.layers] == [other, f"{other} ground truth"]
+    # with a predictions folder, the case's latest prediction opens too
+    from napari_fairseg.data.arrays import save_label
+
+    pred = np.zeros_like(case.label)
+    pred[5:9, 5:9, 5:9] = 1
+    save_label(tiny_brain, tmp_path / "preds" / f"{first}.nii.gz", pred, like=case)
+    dock.pred_edit.setText(str(tmp_path / "preds"))
+    dock.open_case(first)
+    assert [la.name for la in viewer.layers][-1] == f"{first} prediction"
+    np.testing.assert_array_equal(viewer.layers[f"{first} prediction"].data, pred)
 
 
 def test_cohort_dock_reports_a_bad_path(make_napari_viewer, tmp_path, monkeypatch):
@@ -293,3 +303,32 @@ def test_inference_dock_trains_a_model_and_selects_it(make_napari_viewer, qtbot,
     ckpt = load_checkpoint(dock.model_path.text())
     assert ckpt.meta["epoch"] == 2 and Path(dock.model_path.text()).parent == tmp_path / "cohort" / "models"
     assert dock.train_button.isEnabled() and "validation Dice" in dock.status.text()
+
+
+def test_cancel_button_stops_a_retrain_and_records_nothing(make_napari_viewer, qtbot, tiny_brain, tmp_path):
+    from napari_fairseg._napari.active_dock import ActiveLearningDock
+    from napari_fairseg.active import Project
+
+    root = tmp_path / "proj"
+    train = tiny_brain.cases.loc[tiny_brain.cases["split"] == "train", "case_id"].tolist()
+    with Project.create(root, tiny_brain) as p:
+        for cid in train[:2]:
+            p.save_annotation(cid, load_case(tiny_brain, cid).label, author="seed", source="imported")
+    viewer = make_napari_viewer()
+    dock = ActiveLearningDock(viewer)
+    dock.open_project(root)
+    dock.epochs.setValue(500)  # minutes of training: only Cancel ends it in time
+    qtbot.mouseClick(dock.retrain_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: dock.runner.last is not None and dock.runner.last.stage == "epoch", timeout=60_000)
+    qtbot.mouseClick(dock.cancel_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not dock.runner.busy, timeout=30_000)
+    assert dock.retrain_button.isEnabled() and not dock.cancel_button.isEnabled()
+    with Project.open(root) as again:
+        assert again.rounds().empty and again.status()["labelled"].sum() == 2
+
+    # removing the dock (its × button) stops its job too
+    widget = viewer.window.add_dock_widget(dock, name="Active learning")
+    qtbot.mouseClick(dock.retrain_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: dock.runner.busy and dock.runner.last.stage == "epoch", timeout=60_000)
+    viewer.window.remove_dock_widget(widget)
+    qtbot.waitUntil(lambda: not dock.runner.busy, timeout=30_000)

@@ -33,7 +33,6 @@ from qtpy.QtWidgets import (
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
-    QWidget,
 )
 
 from ..active import STRATEGIES, Project, RoundConfig, round_job
@@ -42,14 +41,14 @@ from ..data.layers import image_layer, labels_layer
 from ..errors import FairSegError
 from ..inference import InferenceConfig, Predictor, predict_pool_job
 from ..models.checkpoint import load_checkpoint
-from .workers import JobRunner, focus_on
+from .workers import JobDock, focus_on
 
 
-class ActiveLearningDock(QWidget):
+class ActiveLearningDock(JobDock):
     """Project, strategy and batch; Suggest / Accept / Save / Next / Retrain; per-round plot."""
 
     def __init__(self, viewer):
-        super().__init__()
+        super().__init__(on_state=self._on_running_changed)
         self.viewer = viewer
         self.project: Project | None = None
         self.case_id: str | None = None
@@ -114,7 +113,6 @@ class ActiveLearningDock(QWidget):
         layout.addWidget(self.status)
         layout.addWidget(self.canvas)
 
-        self.runner = JobRunner(on_state=self._on_running_changed)
         self.open_button.clicked.connect(self._on_open_clicked)
         self.suggest_button.clicked.connect(lambda: self._run_round(train=None))
         self.retrain_button.clicked.connect(lambda: self._run_round(train=True))
@@ -286,8 +284,7 @@ class ActiveLearningDock(QWidget):
         if not self._may_leave():
             event.ignore()
             return
-        self.runner.cancel()
-        self.runner.wait()
         if self.project is not None:
+            self.stop_jobs()
             self.project.close()
         super().closeEvent(event)

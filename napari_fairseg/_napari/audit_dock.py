@@ -30,7 +30,6 @@ from qtpy.QtWidgets import (
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
-    QWidget,
 )
 
 from ..data.arrays import load_case, load_prediction
@@ -42,16 +41,16 @@ from ..metrics.subgroups import intersection_table
 from ..report.audit import AuditConfig, audit_job, write_audit
 from ..report.figures import draw_heatmap
 from .inference_dock import current_case
-from .workers import JobRunner
+from .workers import JobDock
 
 NONE = "(none)"
 
 
-class AuditDock(QWidget):
+class AuditDock(JobDock):
     """Audit settings, results tables, the heatmap, case drill-down and report export."""
 
     def __init__(self, viewer):
-        super().__init__()
+        super().__init__(on_state=self._on_running_changed)
         self.viewer = viewer
         self.cohort = None
         self.audit = None
@@ -107,7 +106,6 @@ class AuditDock(QWidget):
         layout.addWidget(QLabel("Most divergent subgroups:"))
         layout.addWidget(self.subgroups_table)
 
-        self.runner = JobRunner(on_state=self._on_running_changed)
         self.run_button.clicked.connect(self._on_run_clicked)
         self.cancel_button.clicked.connect(self.runner.cancel)
         self.export_button.clicked.connect(self._on_export_clicked)
@@ -279,10 +277,6 @@ class AuditDock(QWidget):
         self.cancel_button.setEnabled(running)
         self.export_button.setEnabled(not running)
 
-    def closeEvent(self, event):  # noqa: N802 - Qt's name
-        self.runner.cancel()
-        self.runner.wait()
-        super().closeEvent(event)
 
 
 def _fmt(v) -> str:

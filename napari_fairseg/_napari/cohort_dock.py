@@ -3,7 +3,8 @@
 A thin skin over :mod:`napari_fairseg.data`: the table lists every case with its split,
 whether it has a ground-truth label, and its attributes; the filter keeps the cases of one
 subgroup; opening a case adds its image (physical scale) and ground truth as layers, replacing
-the previously opened case's layers.
+the previously opened case's layers, with its latest prediction when a predictions folder (the
+Model & inference dock's cohort output) is given.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..data.layers import case_layers
+from ..data.arrays import load_image, load_prediction, prediction_path
+from ..data.layers import case_layers, labels_layer
 from ..data.readers import open_cohort
 from ..errors import FairSegError
 from .workers import focus_on
@@ -47,6 +49,8 @@ class CohortDock(QWidget):
         self.path_edit.setPlaceholderText("manifest.csv or dataset folder")
         self.browse_button = QPushButton("Browse…")
         self.load_button = QPushButton("Load cohort")
+        self.pred_edit = QLineEdit()
+        self.pred_edit.setPlaceholderText("predictions folder (optional: shows each case's prediction)")
         self.info = QLabel("No cohort loaded.")
         self.info.setWordWrap(True)
         self.attribute_combo = QComboBox()
@@ -70,6 +74,7 @@ class CohortDock(QWidget):
         layout = QVBoxLayout(self)
         layout.addLayout(top)
         layout.addWidget(self.load_button)
+        layout.addWidget(self.pred_edit)
         layout.addWidget(self.info)
         layout.addLayout(filt)
         layout.addWidget(self.table, 1)
@@ -116,10 +121,20 @@ class CohortDock(QWidget):
             if layer in self.viewer.layers:
                 self.viewer.layers.remove(layer)
         self.case_layers = []
+        pred_dir = self.pred_edit.text().strip()
+        if pred_dir:
+            path = prediction_path(self.cohort, pred_dir, case_id)
+            if path.is_file():
+                try:
+                    case = load_image(self.cohort, case_id)
+                    pred = load_prediction(self.cohort, pred_dir, case)
+                    layers.append(labels_layer(pred, case.affine, f"{case_id} prediction", layers[0][1]["metadata"]))
+                except (FairSegError, OSError, ValueError) as exc:
+                    show_error(f"Prediction of {case_id} not shown: {exc}")
         for data, kwargs, kind in layers:
             self.case_layers += _as_list(getattr(self.viewer, f"add_{kind}")(data, **kwargs))
         self.viewer.reset_view()
-        if len(layers) > 1:  # show the slice through the middle of the ground truth
+        if len(layers) > 1:  # show the slice through the middle of the ground truth (or prediction)
             focus_on(self.viewer, layers[1][0], layers[1][1]["scale"])
 
     def visible_case_ids(self) -> list[str]:

@@ -24,7 +24,6 @@ from qtpy.QtWidgets import (
     QPushButton,
     QSpinBox,
     QVBoxLayout,
-    QWidget,
 )
 
 from ..data.layers import image_layer, labels_layer
@@ -35,7 +34,7 @@ from ..inference.uncertainty import max_entropy
 from ..models.checkpoint import check_compatible, load_checkpoint
 from ..models.zoo import BUNDLED, resolve_checkpoint
 from ..training import TrainConfig, model_config_for, train_job
-from .workers import JobRunner
+from .workers import JobDock
 
 FILE = "checkpoint file…"
 
@@ -51,11 +50,11 @@ def current_case(viewer) -> tuple[str, str, list] | None:
     return None
 
 
-class InferenceDock(QWidget):
+class InferenceDock(JobDock):
     """Checkpoint, device and uncertainty settings; Run on this case / on the cohort; Cancel."""
 
     def __init__(self, viewer):
-        super().__init__()
+        super().__init__(on_state=self._on_running_changed)
         self.viewer = viewer
         self.model_combo = QComboBox()
         self.model_combo.addItems([*(f"{name} (bundled)" for name in BUNDLED), FILE])
@@ -103,7 +102,6 @@ class InferenceDock(QWidget):
         layout.addWidget(self.status)
         layout.addStretch(1)
 
-        self.runner = JobRunner(on_state=self._on_running_changed)
         self.model_combo.currentTextChanged.connect(
             lambda t: self.model_path.setEnabled(t == FILE))
         self.model_path.setEnabled(False)
@@ -240,7 +238,3 @@ class InferenceDock(QWidget):
         self.status.setText(msg)
         show_info(msg)
 
-    def closeEvent(self, event):  # noqa: N802 - Qt's name
-        self.runner.cancel()
-        self.runner.wait()
-        super().closeEvent(event)

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from napari.qt.threading import GeneratorWorker
 from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QEvent
+from qtpy.QtWidgets import QWidget
 
 from ..progress import Job, Progress, run_job
 
@@ -147,3 +149,34 @@ def focus_on(viewer, mask, scale) -> None:
     centre = np.argwhere(mask).mean(axis=0)
     for axis in range(mask.ndim - 2):  # the sliced (not displayed) axes
         viewer.dims.set_point(axis, float(centre[axis]) * float(scale[axis]))
+
+
+class JobDock(QWidget):
+    """Base of the docks that run jobs: a ``runner`` whose job stops when the dock goes.
+
+    napari removes a dock (its × button, ``remove_dock_widget``) by detaching the widget
+    (``setParent(None)``) without closing it, so the parent change is watched as well as the
+    close event.
+    """
+
+    def __init__(self, on_state: Callable[[bool], None] | None = None):
+        super().__init__()
+        self.runner = JobRunner(on_state=on_state)
+        self._docked = False
+
+    def stop_jobs(self) -> None:
+        if self.runner.busy:
+            self.runner.cancel()
+            self.runner.wait()
+
+    def event(self, ev):  # noqa: D401 - Qt's name
+        if ev.type() == QEvent.Type.ParentChange:
+            if self.parent() is not None:
+                self._docked = True
+            elif self._docked:
+                self.stop_jobs()
+        return super().event(ev)
+
+    def closeEvent(self, event):  # noqa: N802 - Qt's name
+        self.stop_jobs()
+        super().closeEvent(event)
