@@ -52,14 +52,21 @@ def wait_idle(*runners, timeout: float = 600) -> None:
 def docks(viewer):
     made = {"Cohort": CohortDock(viewer), "Model & inference": InferenceDock(viewer),
             "Active learning": ActiveLearningDock(viewer), "Fairness audit": AuditDock(viewer)}
-    for name, dock in made.items():
-        viewer.window.add_dock_widget(dock, name=name, area="right", tabify=name != "Cohort")
+    # added in reverse, tabbed: the Cohort dock, where a user starts, ends up in front
+    for i, (name, dock) in enumerate(reversed(made.items())):
+        viewer.window.add_dock_widget(dock, name=name, area="right", tabify=i > 0)
     return made
 
 
 def _raise(viewer, name) -> None:
-    widget = viewer.window.dock_widgets[name]
-    widget.parent().raise_()
+    """Bring a tabbed dock to the front (its QDockWidget, however deep napari wraps it)."""
+    from qtpy.QtWidgets import QDockWidget
+
+    w = viewer.window.dock_widgets[name]
+    while w is not None and not isinstance(w, QDockWidget):
+        w = w.parent()
+    if w is not None:
+        w.raise_()
 
 
 def tour(out: Path) -> list[Path]:
@@ -73,7 +80,9 @@ def tour(out: Path) -> list[Path]:
 
     def shot(step: str, dock: str) -> None:
         _raise(viewer, dock)
-        napari.qt.get_qapp().processEvents()
+        loop = QEventLoop()  # let the tab switch and the canvas draw before grabbing
+        QTimer.singleShot(300, loop.quit)
+        loop.exec()
         path = out / f"{len(shots) + 1:02d}_{step}.png"
         viewer.window._qt_window.grab().save(str(path))
         shots.append(path)
