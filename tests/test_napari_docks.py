@@ -73,6 +73,18 @@ def test_cohort_dock_reports_a_bad_path(make_napari_viewer, tmp_path, monkeypatc
     assert dock.cohort is None and "missing.csv" in shown[0]
 
 
+def _project_with_two_labels(tmp_path, cohort):
+    """A project on ``cohort`` whose first two training cases are labelled (ground truth)."""
+    from napari_fairseg.active import Project
+
+    root = tmp_path / "proj"
+    train = cohort.cases.loc[cohort.cases["split"] == "train", "case_id"].tolist()
+    with Project.create(root, cohort) as p:
+        for cid in train[:2]:
+            p.save_annotation(cid, load_case(cohort, cid).label, author="seed", source="imported")
+    return root, train
+
+
 def _counting(n, *, fail=False, delay=0.0):
     for i in range(n):
         time.sleep(delay)
@@ -174,11 +186,7 @@ def test_active_learning_dock_suggest_accept_edit_save_next_retrain(make_napari_
     from napari_fairseg._napari.active_dock import ActiveLearningDock
     from napari_fairseg.active import Project
 
-    root = tmp_path / "proj"
-    train = tiny_brain.cases.loc[tiny_brain.cases["split"] == "train", "case_id"].tolist()
-    with Project.create(root, tiny_brain) as p:
-        for cid in train[:2]:
-            p.save_annotation(cid, load_case(tiny_brain, cid).label, author="seed", source="imported")
+    root, train = _project_with_two_labels(tmp_path, tiny_brain)
     viewer = make_napari_viewer()
     dock = ActiveLearningDock(viewer)
     viewer.window.add_dock_widget(dock, name="Active learning")
@@ -309,11 +317,7 @@ def test_cancel_button_stops_a_retrain_and_records_nothing(make_napari_viewer, q
     from napari_fairseg._napari.active_dock import ActiveLearningDock
     from napari_fairseg.active import Project
 
-    root = tmp_path / "proj"
-    train = tiny_brain.cases.loc[tiny_brain.cases["split"] == "train", "case_id"].tolist()
-    with Project.create(root, tiny_brain) as p:
-        for cid in train[:2]:
-            p.save_annotation(cid, load_case(tiny_brain, cid).label, author="seed", source="imported")
+    root, train = _project_with_two_labels(tmp_path, tiny_brain)
     viewer = make_napari_viewer()
     dock = ActiveLearningDock(viewer)
     dock.open_project(root)

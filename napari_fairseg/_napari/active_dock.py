@@ -41,7 +41,7 @@ from ..data.layers import image_layer, labels_layer
 from ..errors import FairSegError
 from ..inference import InferenceConfig, Predictor, predict_pool_job
 from ..models.checkpoint import load_checkpoint
-from .workers import JobDock, focus_on
+from .workers import JobDock, focus_on, show_layers
 
 
 class ActiveLearningDock(JobDock):
@@ -217,19 +217,15 @@ class ActiveLearningDock(JobDock):
                           on_done=lambda r: self._show(case_id, r.predictions[case_id].label))
 
     def _show(self, case_id: str, prefill: np.ndarray) -> None:
-        for layer in self.layers:
-            if layer in self.viewer.layers:
-                self.viewer.layers.remove(layer)
         cohort = self.project.cohort
         img = load_image(cohort, case_id)
         meta = {"fairseg": {"cohort": str(cohort.source), "case_id": case_id, "kind": cohort.kind}}
-        data, kw, _ = image_layer(img.image, img.affine, case_id, meta)
-        self.layers = [self.viewer.add_image(data, **kw)]
-        data, kw, _ = labels_layer(prefill, img.affine, f"{case_id} annotation", meta)
-        self.layers.append(self.viewer.add_labels(data, **kw))
+        annotation = labels_layer(prefill, img.affine, f"{case_id} annotation", meta)
+        self.layers = show_layers(self.viewer, self.layers, [image_layer(img.image, img.affine, case_id, meta),
+                                                             annotation])
         self.viewer.layers.selection.active = self.layers[-1]
         self.layers[-1].mode = "paint"
-        focus_on(self.viewer, prefill, kw["scale"])
+        focus_on(self.viewer, prefill, annotation[1]["scale"])
         self.case_id, self.prefill = case_id, np.array(prefill, copy=True)
         self.model_prefill = self.prefill.copy()
         self.status.setText(f"Annotating {case_id}: correct the prediction, then Save annotation.")

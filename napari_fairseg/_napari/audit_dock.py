@@ -41,7 +41,7 @@ from ..metrics.subgroups import intersection_table
 from ..report.audit import AuditConfig, audit_job, write_audit
 from ..report.figures import draw_heatmap
 from .inference_dock import current_case
-from .workers import JobDock
+from .workers import JobDock, show_layers
 
 NONE = "(none)"
 
@@ -243,10 +243,6 @@ class AuditDock(JobDock):
 
     def open_case(self, case_id: str) -> None:
         """Open a case with its ground truth and the audited prediction."""
-        for layer in self.opened:
-            if layer in self.viewer.layers:
-                self.viewer.layers.remove(layer)
-        self.opened = []
         try:
             layers = case_layers(self.cohort, case_id)
             case = load_case(self.cohort, case_id)
@@ -255,9 +251,7 @@ class AuditDock(JobDock):
             show_error(f"Cannot open {case_id}: {exc}")
             return
         layers.append(labels_layer(pred, case.affine, f"{case_id} prediction", layers[0][1]["metadata"]))
-        for data, kw, kind in layers:
-            out = getattr(self.viewer, f"add_{kind}")(data, **kw)
-            self.opened += out if isinstance(out, list) else [out]
+        self.opened = show_layers(self.viewer, self.opened, layers)
 
     def _on_export_clicked(self) -> None:
         if self.audit is None:

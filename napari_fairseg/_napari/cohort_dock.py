@@ -31,7 +31,7 @@ from ..data.arrays import load_image, load_prediction, prediction_path
 from ..data.layers import case_layers, labels_layer
 from ..data.readers import open_cohort
 from ..errors import FairSegError
-from .workers import focus_on
+from .workers import focus_on, show_layers
 
 ALL = "(all)"
 
@@ -117,10 +117,6 @@ class CohortDock(QWidget):
         except (FairSegError, OSError, ValueError) as exc:
             show_error(f"Cannot open case {case_id}: {exc}")
             return
-        for layer in self.case_layers:
-            if layer in self.viewer.layers:
-                self.viewer.layers.remove(layer)
-        self.case_layers = []
         pred_dir = self.pred_edit.text().strip()
         if pred_dir:
             path = prediction_path(self.cohort, pred_dir, case_id)
@@ -131,8 +127,7 @@ class CohortDock(QWidget):
                     layers.append(labels_layer(pred, case.affine, f"{case_id} prediction", layers[0][1]["metadata"]))
                 except (FairSegError, OSError, ValueError) as exc:
                     show_error(f"Prediction of {case_id} not shown: {exc}")
-        for data, kwargs, kind in layers:
-            self.case_layers += _as_list(getattr(self.viewer, f"add_{kind}")(data, **kwargs))
+        self.case_layers = show_layers(self.viewer, self.case_layers, layers)
         self.viewer.reset_view()
         if len(layers) > 1:  # show the slice through the middle of the ground truth (or prediction)
             focus_on(self.viewer, layers[1][0], layers[1][1]["scale"])
@@ -191,7 +186,3 @@ class CohortDock(QWidget):
                 self.table.setItem(r, c, QTableWidgetItem(text))
         self.table.resizeColumnsToContents()
         self.table.setSortingEnabled(True)
-
-
-def _as_list(x):
-    return list(x) if isinstance(x, list | tuple) else [x]

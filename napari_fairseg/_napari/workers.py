@@ -180,3 +180,16 @@ class JobDock(QWidget):
     def closeEvent(self, event):  # noqa: N802 - Qt's name
         self.stop_jobs()
         super().closeEvent(event)
+
+
+def show_layers(viewer, old: list, tuples) -> list:
+    """Replace a dock's previously shown layers: remove ``old`` (those still in the viewer) and
+    add the layer tuples ``(data, kwargs, kind)``; returns the new layers."""
+    for layer in old:
+        if layer in viewer.layers:
+            viewer.layers.remove(layer)
+    new = []
+    for data, kwargs, kind in tuples:
+        added = getattr(viewer, f"add_{kind}")(data, **kwargs)
+        new += list(added) if isinstance(added, list | tuple) else [added]
+    return new
