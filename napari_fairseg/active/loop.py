@@ -173,17 +173,15 @@ def _per_case_dice(predictor: Predictor, cohort: Cohort, ids, attribute: str | N
     return table
 
 
-def _summary(table: pd.DataFrame, prefix: str = "") -> dict:
+def _summary(table: pd.DataFrame) -> dict:
     """Overall Dice, per-group Dice, Δ and ESSP of a per-case table (NaN when empty)."""
-    out = {}
     if table.empty:
-        return {f"{prefix}dice": np.nan, f"{prefix}delta": np.nan, f"{prefix}essp": np.nan}
+        return {"dice": np.nan, "delta": np.nan, "essp": np.nan}
     groups = table["group"].where(table["group"] != "unknown")
     s = equity_summary(table["dice"].to_numpy(float), groups)
-    out[f"{prefix}dice"], out[f"{prefix}delta"], out[f"{prefix}essp"] = s["overall"], s["delta"], s["es"]
-    out[f"{prefix}worst_group"] = s["worst_group"]
+    out = {"dice": s["overall"], "delta": s["delta"], "essp": s["es"], "worst_group": s["worst_group"]}
     for g, v in table.groupby("group")["dice"].mean().items():
-        out[f"{prefix}dice[{g}]"] = float(v)
+        out[f"dice[{g}]"] = float(v)
     return out
 
 
@@ -218,7 +216,9 @@ def round_job(project: Project, config: RoundConfig = RoundConfig(), *, train: b
     """
     started, t0 = utc_now(), time.perf_counter()
     rid = project.next_round_id()
-    cohort = project.working_cohort()
+    # latest annotations (checksummed once); cases without one keep the cohort's own label, which
+    # only the held-out split reads: training and WLE take the labelled ids from the project
+    cohort = project.working_cohort(cohort_labels=True)
     attribute = config.group_attribute or default_group_attribute(cohort)
     if attribute is not None and attribute not in cohort.attributes:
         raise InputDataError(cohort.source, f"group attribute {attribute!r} is not an attribute of the cohort "
@@ -271,11 +271,10 @@ def round_job(project: Project, config: RoundConfig = RoundConfig(), *, train: b
     t_eval = time.perf_counter()
     predictor = Predictor(model_nn, ckpt.config, InferenceConfig(device=str(device), amp=config.amp,
                                                                  uncertainty="none", maps=False))
-    eval_cohort = project.working_cohort(cohort_labels=True)
     eval_ids = [c for c in split.index[split == config.eval_split]
-                if isinstance(eval_cohort.row(c)["label"], str) and eval_cohort.row(c)["label"]]
+                if isinstance(cohort.row(c)["label"], str) and cohort.row(c)["label"]]
     yield Progress("evaluate", 0, len(eval_ids) + len(labelled), f"{len(eval_ids)} held-out cases")
-    evaluation = _per_case_dice(predictor, eval_cohort, eval_ids, attribute)
+    evaluation = _per_case_dice(predictor, cohort, eval_ids, attribute)
     labelled_dice = _per_case_dice(predictor, cohort, labelled, attribute)
     yield Progress("evaluate", len(eval_ids) + len(labelled), len(eval_ids) + len(labelled), "done")
     eval_s = time.perf_counter() - t_eval
