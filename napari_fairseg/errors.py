@@ -28,3 +28,20 @@ class InputDataError(FairSegError, ValueError):
 
 class Cancelled(FairSegError):
     """A long job was cancelled by its caller between two progress events."""
+
+
+def user_message(exc: BaseException) -> str:
+    """One line a person can act on, for a notification: the reason first, then the file's name.
+
+    Long paths go last and short (a toast is cut off at its end); errors that are not ours
+    become sentences instead of a bare ``'split'``.
+    """
+    if isinstance(exc, InputDataError):
+        return f"{exc.problem} ({Path(exc.source).name})" if exc.source else exc.problem
+    if isinstance(exc, KeyError):
+        return f"a required column or field is missing: {exc.args[0] if exc.args else ''!s}"
+    if isinstance(exc, FileNotFoundError) and exc.filename:
+        return f"no such file or folder: {Path(exc.filename).name} (in {Path(exc.filename).parent})"
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.strerror or exc}: {Path(exc.filename).name}"
+    return str(exc) or type(exc).__name__

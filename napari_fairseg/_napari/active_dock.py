@@ -15,6 +15,7 @@ from __future__ import annotations
 import getpass
 from pathlib import Path
 
+import napari
 import numpy as np
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
@@ -22,8 +23,11 @@ from matplotlib.ticker import MaxNLocator
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import (
     QAbstractItemView,
+    QCheckBox,
     QComboBox,
+    QFileDialog,
     QFormLayout,
+    QGroupBox,
     QHBoxLayout,
     QLabel,
     QLineEdit,
@@ -37,27 +41,47 @@ from qtpy.QtWidgets import (
 
 from ..active import STRATEGIES, Project, RoundConfig, round_job
 from ..data.arrays import load_image
-from ..data.layers import image_layer, labels_layer
-from ..errors import FairSegError
+from ..data.layers import case_tag, cohort_of, image_layer, labels_layer
+from ..errors import InputDataError, user_message
 from ..inference import InferenceConfig, Predictor, predict_pool_job
 from ..models.checkpoint import load_checkpoint
-from .workers import JobDock, focus_on, show_layers
+from .cohort_dock import FILE_ERRORS
+from .viewer_layers import current_case, focus_on, show_layers
+from .workers import JobDock
 
 
 class ActiveLearningDock(JobDock):
-    """Project, strategy and batch; Suggest / Accept / Save / Next / Retrain; per-round plot."""
+    """Project (open or create), strategy and batch; Suggest / Accept / Save / Next / Retrain;
+    per-round plot."""
 
-    def __init__(self, viewer):
-        super().__init__(on_state=self._on_running_changed)
-        self.viewer = viewer
+    def __init__(self, viewer: napari.viewer.Viewer):
+        super().__init__(viewer)
         self.project: Project | None = None
         self.case_id: str | None = None
         self.prefill: np.ndarray | None = None  # what the annotation layer held when opened / saved
         self.layers: list = []
+        self._build()
+        self._layout()
+        self._connect()
+        self._on_running_changed(False)
 
+    def busy_widgets(self) -> list:
+        return [self.suggest_button, self.retrain_button, self.accept_button, self.next_button,
+                self.open_button, self.create_button]
+
+    # ------------------------------------------------------------------ widgets
+    def _build(self) -> None:
         self.project_edit = QLineEdit()
-        self.project_edit.setPlaceholderText("project folder (fairseg project init)")
+        self.project_edit.setPlaceholderText("project folder")
+        self.project_browse = QPushButton("Folder…")
         self.open_button = QPushButton("Open project")
+        self.new_cohort_edit = QLineEdit()
+        self.new_cohort_edit.setPlaceholderText("cohort: manifest or folder (default: the open case's)")
+        self.new_folder_edit = QLineEdit()
+        self.new_folder_edit.setPlaceholderText("new project folder (default: <cohort folder>/project)")
+        self.import_check = QCheckBox("Import the cohort's existing labels as version 1")
+        self.create_button = QPushButton("New project")
+        self.create_button.setToolTip("Create a labelling project on the cohort and open it")
         self.strategy_combo = QComboBox()
         self.strategy_combo.addItems(list(STRATEGIES))
         self.strategy_combo.setCurrentText("wle")
@@ -73,7 +97,6 @@ class ActiveLearningDock(JobDock):
         self.start_model.setPlaceholderText("brain, fundus or a checkpoint (until a round model exists)")
         self.suggest_button = QPushButton("Suggest")
         self.retrain_button = QPushButton("Retrain")
-        self.cancel_button = QPushButton("Cancel")
         self.table = QTableWidget(0, 5)
         self.table.setHorizontalHeaderLabels(["case", "score", "group", "weight", "labelled"])
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
@@ -83,15 +106,23 @@ class ActiveLearningDock(JobDock):
         self.accept_button = QPushButton("Accept")
         self.save_button = QPushButton("Save annotation")
         self.next_button = QPushButton("Next")
-        self.status = QLabel("Open a labelling project.")
+        self.status = QLabel("Open a labelling project, or create one.")
         self.status.setWordWrap(True)
         self.figure = Figure(figsize=(3.2, 2.2), dpi=90, tight_layout=True)
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(170)
 
+    def _layout(self) -> None:
         row = QHBoxLayout()
         row.addWidget(self.project_edit, 1)
+        row.addWidget(self.project_browse)
         row.addWidget(self.open_button)
+        new = QGroupBox("New project")
+        new_form = QFormLayout(new)
+        new_form.addRow("Cohort", self.new_cohort_edit)
+        new_form.addRow("Folder", self.new_folder_edit)
+        new_form.addRow(self.import_check)
+        new_form.addRow(self.create_button)
         form = QFormLayout()
         form.addRow("Strategy", self.strategy_combo)
         form.addRow("Batch", self.batch)
@@ -106,6 +137,7 @@ class ActiveLearningDock(JobDock):
             edit.addWidget(b)
         layout = QVBoxLayout(self)
         layout.addLayout(row)
+        layout.addWidget(new)
         layout.addLayout(form)
         layout.addLayout(run)
         layout.addWidget(self.table, 1)
@@ -113,35 +145,75 @@ class ActiveLearningDock(JobDock):
         layout.addWidget(self.status)
         layout.addWidget(self.canvas)
 
+    def _connect(self) -> None:
+        self.project_browse.clicked.connect(self._on_browse_clicked)
         self.open_button.clicked.connect(self._on_open_clicked)
+        self.create_button.clicked.connect(self._on_create_clicked)
         self.suggest_button.clicked.connect(lambda: self._run_round(train=None))
         self.retrain_button.clicked.connect(lambda: self._run_round(train=True))
-        self.cancel_button.clicked.connect(self.runner.cancel)
         self.accept_button.clicked.connect(self._on_accept_clicked)
         self.save_button.clicked.connect(self._on_save_clicked)
         self.next_button.clicked.connect(self._on_next_clicked)
         self.table.cellDoubleClicked.connect(lambda *_: self._on_accept_clicked())
-        self._on_running_changed(False)
 
     # ------------------------------------------------------------------ project and rounds
-    def open_project(self, path: str | Path) -> None:
+    def open_project(self, path: str | Path) -> bool:
         try:
             project = Project.open(path)
-        except (FairSegError, OSError, ValueError) as exc:
-            show_error(f"Cannot open project: {exc}")
-            return
+        except FILE_ERRORS as exc:
+            show_error(f"Cannot open project: {user_message(exc)}")
+            return False
+        self._use(project)
+        return True
+
+    def create_project(self, cohort: str | Path | None, folder: str | Path | None, *,
+                       import_labels: bool = False) -> bool:
+        """Create a project on ``cohort`` (default: the open case's cohort, with its declared
+        classes) in ``folder`` (default: ``<cohort folder>/project``) and open it."""
+        try:
+            if cohort:
+                found = current_case(self.viewer)
+                tag = found[0] if found and str(found[0].get("cohort")) == str(cohort) else {"cohort": str(cohort)}
+            else:
+                found = current_case(self.viewer)
+                if found is None:
+                    raise InputDataError(None, "give the cohort (a manifest or dataset folder), or open a case of "
+                                         "it in the Cohort dock first")
+                tag = found[0]
+            c = cohort_of(tag)
+            src = Path(c.source)
+            root = Path(folder) if folder else (src.parent if src.is_file() else src) / "project"
+            project = Project.create(root, c, import_labels=import_labels, author=self.author_edit.text().strip()
+                                     or "import")
+        except FILE_ERRORS as exc:
+            show_error(f"Cannot create the project: {user_message(exc)}")
+            return False
+        self._use(project)
+        show_info(f"Project created in {project.root}")
+        return True
+
+    def _use(self, project: Project) -> None:
         if self.project is not None:
             self.project.close()
         self.project = project
-        self.project_edit.setText(str(path))
+        self.project_edit.setText(str(project.root))
         self._refresh()
+
+    def _on_browse_clicked(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Open a labelling project folder")
+        if path:
+            self.open_project(path)
 
     def _on_open_clicked(self) -> None:
         text = self.project_edit.text().strip()
         if not text:
-            show_error("Give the project folder first (create one with: fairseg project init)")
+            show_error("Give the project folder first, or create a project under New project")
             return
         self.open_project(text)
+
+    def _on_create_clicked(self) -> None:
+        self.create_project(self.new_cohort_edit.text().strip() or None, self.new_folder_edit.text().strip() or None,
+                            import_labels=self.import_check.isChecked())
 
     def _run_round(self, *, train: bool | None) -> None:
         if self.project is None:
@@ -163,8 +235,12 @@ class ActiveLearningDock(JobDock):
         text = f"{int(pool['labelled'].sum())} of {len(pool)} pool cases labelled"
         if result is not None:
             m = result.metrics
-            text = (f"Round {result.round_id} ({'trained' if m['trained'] else 'model reused'}): held-out Dice "
-                    f"{m['dice']:.3f}, Δ {m['delta']:.3f}, ESSP {m['essp']:.3f}. " + text)
+            head = f"Round {result.round_id} ({'trained' if m['trained'] else 'model reused'}): "
+            if np.isnan(m["dice"]):  # nothing to evaluate on: say why instead of "Dice nan"
+                text = (head + "held-out Dice not computed: no held-out case (split 'test' or 'val') has a "
+                        "label; label some or give the cohort ground truth. " + text)
+            else:
+                text = head + f"held-out Dice {m['dice']:.3f}, Δ {m['delta']:.3f}, ESSP {m['essp']:.3f}. " + text
         self.status.setText(text)
         sugg = p.suggestions()
         self.table.setRowCount(len(sugg))
@@ -178,7 +254,11 @@ class ActiveLearningDock(JobDock):
     def _plot(self, rounds) -> None:
         self.figure.clear()
         ax = self.figure.add_subplot()
-        if not rounds.empty and "dice" in rounds:
+        scored = not rounds.empty and "dice" in rounds and rounds["dice"].notna().any()
+        if not rounds.empty and not scored:
+            ax.text(0.5, 0.5, "no held-out labels:\nnothing to plot yet", ha="center", va="center",
+                    fontsize=8, transform=ax.transAxes, color="0.4")
+        if scored:
             for col, label in (("dice", "Dice"), ("delta", "Δ"), ("essp", "ESSP")):
                 ax.plot(rounds["id"], rounds[col], marker="o", label=label)
             ax.legend(fontsize=7)
@@ -219,8 +299,9 @@ class ActiveLearningDock(JobDock):
     def _show(self, case_id: str, prefill: np.ndarray) -> None:
         cohort = self.project.cohort
         img = load_image(cohort, case_id)
-        meta = {"fairseg": {"cohort": str(cohort.source), "case_id": case_id, "kind": cohort.kind}}
-        annotation = labels_layer(prefill, img.affine, f"{case_id} annotation", meta)
+        meta = case_tag(cohort, case_id)
+        annotation = labels_layer(prefill, img.affine, f"{case_id} annotation",
+                                  {"fairseg": {**meta["fairseg"], "annotation": True}}, role="annotation")
         self.layers = show_layers(self.viewer, self.layers, [image_layer(img.image, img.affine, case_id, meta),
                                                              annotation])
         self.viewer.layers.selection.active = self.layers[-1]
@@ -247,8 +328,8 @@ class ActiveLearningDock(JobDock):
         try:
             version = self.project.save_annotation(self.case_id, data.copy(), author=self.author_edit.text().strip(),
                                                    source=source)
-        except (FairSegError, OSError, ValueError) as exc:
-            show_error(f"Annotation of {self.case_id} NOT saved: {exc}")
+        except FILE_ERRORS as exc:
+            show_error(f"Annotation of {self.case_id} NOT saved: {user_message(exc)}")
             return
         self.prefill = data.copy()
         show_info(f"Saved {self.case_id} version {version} ({source})")
@@ -270,11 +351,6 @@ class ActiveLearningDock(JobDock):
         answer = QMessageBox.question(self, "Unsaved annotation",
                                       f"The annotation of {self.case_id} has unsaved edits. Discard them?")
         return answer == QMessageBox.StandardButton.Yes
-
-    def _on_running_changed(self, running: bool) -> None:
-        for b in (self.suggest_button, self.retrain_button, self.accept_button, self.next_button):
-            b.setEnabled(not running)
-        self.cancel_button.setEnabled(running)
 
     def closeEvent(self, event):  # noqa: N802 - Qt's name
         if not self._may_leave():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import napari
 import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
@@ -34,14 +35,14 @@ from qtpy.QtWidgets import (
 
 from ..data.arrays import load_case, load_prediction
 from ..data.attributes import bin_continuous
-from ..data.layers import case_layers, labels_layer
-from ..data.readers import open_cohort
-from ..errors import FairSegError
-from ..metrics.subgroups import intersection_table
+from ..data.layers import case_layers, cohort_of, labels_layer
+from ..errors import user_message
+from ..metrics.subgroups import intersection_cells, intersection_table
 from ..report.audit import AuditConfig, audit_job, write_audit
 from ..report.figures import draw_heatmap
-from .inference_dock import current_case
-from .workers import JobDock, show_layers
+from .cohort_dock import FILE_ERRORS
+from .viewer_layers import current_case, show_layers
+from .workers import JobDock
 
 NONE = "(none)"
 
@@ -49,15 +50,27 @@ NONE = "(none)"
 class AuditDock(JobDock):
     """Audit settings, results tables, the heatmap, case drill-down and report export."""
 
-    def __init__(self, viewer):
-        super().__init__(on_state=self._on_running_changed)
-        self.viewer = viewer
+    def __init__(self, viewer: napari.viewer.Viewer):
+        super().__init__(viewer)
         self.cohort = None
         self.audit = None
         self.predictions: Path | None = None
         self.cells: dict[tuple[int, int], list[str]] = {}
         self.opened: list = []
+        self._build()
+        self._layout()
+        self._connect()
+        self._on_running_changed(False)
 
+    def busy_widgets(self) -> list:
+        return [self.run_button]
+
+    def _on_running_changed(self, running: bool) -> None:
+        super()._on_running_changed(running)
+        self.export_button.setEnabled(not running and self.audit is not None)
+
+    # ------------------------------------------------------------------ widgets
+    def _build(self) -> None:
         self.cohort_edit = QLineEdit()
         self.cohort_edit.setPlaceholderText("cohort (default: the open case's)")
         self.pred_edit = QLineEdit()
@@ -67,7 +80,6 @@ class AuditDock(JobDock):
         self.split_combo = QComboBox()
         self.metric_combo = QComboBox()
         self.run_button = QPushButton("Run audit")
-        self.cancel_button = QPushButton("Cancel")
         self.export_button = QPushButton("Export report")
         self.summary = QLabel("Run an audit to see the fairness summary.")
         self.summary.setWordWrap(True)
@@ -84,6 +96,7 @@ class AuditDock(JobDock):
         self.cases_list = QListWidget()
         self.cases_list.setMaximumHeight(90)
 
+    def _layout(self) -> None:
         form = QFormLayout()
         form.addRow("Cohort", self.cohort_edit)
         form.addRow("Predictions", self.pred_edit)
@@ -106,20 +119,20 @@ class AuditDock(JobDock):
         layout.addWidget(QLabel("Most divergent subgroups:"))
         layout.addWidget(self.subgroups_table)
 
+    def _connect(self) -> None:
         self.run_button.clicked.connect(self._on_run_clicked)
-        self.cancel_button.clicked.connect(self.runner.cancel)
         self.export_button.clicked.connect(self._on_export_clicked)
         self.metric_combo.currentTextChanged.connect(lambda _: self._show())
         self.canvas.mpl_connect("button_press_event", self._on_heatmap_clicked)
         self.cases_list.itemDoubleClicked.connect(lambda item: self.open_case(item.text()))
-        self._on_running_changed(False)
 
     # ------------------------------------------------------------------ set-up
-    def set_cohort(self, path: str | Path) -> bool:
+    def set_cohort(self, path: str | Path, *, classes: dict | None = None) -> bool:
         try:
-            cohort = open_cohort(path)
-        except (FairSegError, OSError, ValueError) as exc:
-            show_error(f"Cannot open cohort: {exc}")
+            cohort = cohort_of({"cohort": str(path), "classes": classes})
+        except FILE_ERRORS as exc:
+            self._clear_results(f"Cannot open the cohort: {user_message(exc)}")
+            show_error(f"Cannot open cohort: {user_message(exc)}")
             return False
         self.cohort = cohort
         self.cohort_edit.setText(str(cohort.source))
@@ -141,14 +154,14 @@ class AuditDock(JobDock):
         return True
 
     def _on_run_clicked(self) -> None:
-        path = self.cohort_edit.text().strip()
+        path, classes = self.cohort_edit.text().strip(), None
+        found = current_case(self.viewer)
+        if found is not None and (not path or path == str(found[0]["cohort"])):
+            path, classes = str(found[0]["cohort"]), found[0].get("classes")  # the open case's declared classes
         if not path:
-            found = current_case(self.viewer)
-            if found is None:
-                show_error("Give a cohort, or open a case of one first")
-                return
-            path = found[0]
-        if (self.cohort is None or str(self.cohort.source) != path) and not self.set_cohort(path):
+            show_error("Give a cohort, or open a case of one first")
+            return
+        if (self.cohort is None or str(self.cohort.source) != path) and not self.set_cohort(path, classes=classes):
             return
         preds = self.pred_edit.text().strip()
         if not preds:
@@ -159,11 +172,24 @@ class AuditDock(JobDock):
         split = None if self.split_combo.currentText() == "(all)" else self.split_combo.currentText()
         config = AuditConfig(attributes=tuple(attrs), split=split, min_group_size=5, n_boot=500)
         self.predictions = Path(preds)
-        self.summary.setText("Auditing…")
-        self.runner.start(audit_job(self.cohort, preds, config), title="fairness audit", on_done=self._on_audit_done)
+        self._clear_results("Auditing…")
+        self.runner.start(audit_job(self.cohort, preds, config), title="fairness audit", on_done=self._on_audit_done,
+                          on_error=lambda exc: self._clear_results(f"Audit failed: {user_message(exc)}"))
+
+    def _clear_results(self, message: str) -> None:
+        """Forget the shown audit (a new one starts, or it failed): no stale numbers stay on screen."""
+        self.audit, self.cells = None, {}
+        self.summary.setText(message)
+        for table in (self.groups_table, self.subgroups_table):
+            table.setRowCount(0)
+        self.cases_list.clear()
+        self.figure.clear()
+        self.canvas.draw_idle()
+        self.export_button.setEnabled(False)
 
     def _on_audit_done(self, audit) -> None:
         self.audit = audit
+        self.export_button.setEnabled(True)
         keep = self.metric_combo.currentText()
         self.metric_combo.blockSignals(True)
         self.metric_combo.clear()
@@ -209,18 +235,16 @@ class AuditDock(JobDock):
         self._draw_heatmap(metric)
 
     def _cell_tables(self, metric: str):
-        """Mean and count per cell (attribute A × B, or A alone) and the case ids per cell."""
+        """Mean and count per cell (attribute A × B, or A alone) and the case ids per cell index."""
         pc = self.audit.per_case
         a = bin_continuous(pc[self.attr_a.currentText()], name=self.attr_a.currentText())
         b_name = self.attr_b.currentText()
         b = (bin_continuous(pc[b_name], name=b_name) if b_name != NONE and b_name in pc
              else pd.Series(["all"] * len(pc)))
         mean, count = intersection_table(pc[metric].to_numpy(float), a, b, min_size=5)
-        a_s, b_s = a.astype("string").fillna("unknown"), pd.Series(b).astype("string").fillna("unknown")
-        cells = {}
-        for i, ra in enumerate(mean.index):
-            for j, cb in enumerate(mean.columns):
-                cells[(i, j)] = pc.loc[(a_s == ra).to_numpy() & (b_s == cb).to_numpy(), "case_id"].tolist()
+        members = intersection_cells(pc["case_id"], a, b)
+        cells = {(i, j): members.get((str(ra), str(cb)), [])
+                 for i, ra in enumerate(mean.index) for j, cb in enumerate(mean.columns)}
         return mean, count, cells
 
     def _draw_heatmap(self, metric: str) -> None:
@@ -228,8 +252,10 @@ class AuditDock(JobDock):
         self.figure.clear()
         ax = self.figure.add_subplot()
         b = self.attr_b.currentText()
-        draw_heatmap(ax, mean, count, metric=metric.split("_")[0], row_label=self.attr_a.currentText(),
-                     col_label="" if b == NONE else b, min_size=5)
+        im = draw_heatmap(ax, mean, count, metric=metric.split("_")[0], row_label=self.attr_a.currentText(),
+                          col_label="" if b == NONE else b, min_size=5)
+        bar = self.figure.colorbar(im, ax=ax, fraction=0.08, pad=0.03)
+        bar.ax.tick_params(labelsize=7)
         ax.title.set_fontsize(8)
         self.figure.tight_layout()
         self.canvas.draw_idle()
@@ -247,10 +273,11 @@ class AuditDock(JobDock):
             layers = case_layers(self.cohort, case_id)
             case = load_case(self.cohort, case_id)
             pred = load_prediction(self.cohort, self.predictions, case)
-        except (FairSegError, OSError, ValueError) as exc:
-            show_error(f"Cannot open {case_id}: {exc}")
+        except FILE_ERRORS as exc:
+            show_error(f"Cannot open {case_id}: {user_message(exc)}")
             return
-        layers.append(labels_layer(pred, case.affine, f"{case_id} prediction", layers[0][1]["metadata"]))
+        layers.append(labels_layer(pred, case.affine, f"{case_id} prediction", layers[0][1]["metadata"],
+                                   role="prediction"))
         self.opened = show_layers(self.viewer, self.opened, layers)
 
     def _on_export_clicked(self) -> None:
@@ -265,12 +292,6 @@ class AuditDock(JobDock):
         paths = write_audit(self.audit, folder)
         show_info(f"Audit report written: {paths['report']}")
         return paths["report"]
-
-    def _on_running_changed(self, running: bool) -> None:
-        self.run_button.setEnabled(not running)
-        self.cancel_button.setEnabled(running)
-        self.export_button.setEnabled(not running)
-
 
 
 def _fmt(v) -> str:

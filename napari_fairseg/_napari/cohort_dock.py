@@ -1,22 +1,27 @@
-"""The Cohort dock: open a manifest or dataset folder, browse and filter its cases, open one.
+"""The Cohort dock: open a manifest or a dataset folder, declare its classes, browse, open a case.
 
-A thin skin over :mod:`napari_fairseg.data`: the table lists every case with its split,
-whether it has a ground-truth label, and its attributes; the filter keeps the cases of one
-subgroup; opening a case adds its image (physical scale) and ground truth as layers, replacing
-the previously opened case's layers, with its latest prediction when a predictions folder (the
-Model & inference dock's cohort output) is given.
+A thin skin over :mod:`napari_fairseg.data`: "File…" picks a manifest, "Folder…" a dataset
+folder (NIfTI, PNG / JPEG / TIFF images with masks, FairSeg npz, MAMA-MIA; a ``metadata.csv``
+beside the images joins attributes and, optionally, splits). "Classes" declares what the mask
+values mean (``rim=1, cup=2``) when the kind's default does not fit; "From a model…" copies a
+checkpoint's classes. The table lists every case with its split, whether it has ground truth,
+and its attributes; the filter keeps one subgroup; opening a case adds its image (physical
+scale) and ground truth, replacing the previous case's layers, with its latest prediction when
+a predictions folder (the Model & inference dock's cohort output) is given.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import napari
 import pandas as pd
 from napari.utils.notifications import show_error
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QComboBox,
     QFileDialog,
+    QFormLayout,
     QHBoxLayout,
     QLabel,
     QLineEdit,
@@ -28,26 +33,45 @@ from qtpy.QtWidgets import (
 )
 
 from ..data.arrays import load_image, load_prediction, prediction_path
+from ..data.classes import format_classes, parse_classes
 from ..data.layers import case_layers, labels_layer
 from ..data.readers import open_cohort
-from ..errors import FairSegError
-from .workers import focus_on, show_layers
+from ..errors import FairSegError, user_message
+from .viewer_layers import focus_on, show_layers
 
 ALL = "(all)"
+#: what opening a cohort or a case can raise on a user's files
+FILE_ERRORS = (FairSegError, OSError, ValueError, KeyError)
 
 
 class CohortDock(QWidget):
     """Cohort browser; ``viewer`` is the napari viewer it adds layers to."""
 
-    def __init__(self, viewer):
+    def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__()
         self.viewer = viewer
         self.cohort = None
         self.case_layers: list = []
+        self.columns: list[str] = []
+        self._build()
+        self._layout()
+        self._connect()
 
+    # ------------------------------------------------------------------ widgets
+    def _build(self) -> None:
         self.path_edit = QLineEdit()
         self.path_edit.setPlaceholderText("manifest.csv or dataset folder")
-        self.browse_button = QPushButton("Browse…")
+        self.browse_button = QPushButton("File…")
+        self.browse_button.setToolTip("Pick a cohort manifest (.csv)")
+        self.folder_button = QPushButton("Folder…")
+        self.folder_button.setToolTip("Pick a dataset folder: NIfTI, PNG/JPEG/TIFF images with masks, "
+                                      "FairSeg .npz, MAMA-MIA (a metadata.csv beside the images is joined)")
+        self.classes_edit = QLineEdit()
+        self.classes_edit.setPlaceholderText("the kind's default; e.g. rim=1, cup=2")
+        self.classes_edit.setToolTip("What the mask values mean: name=value(s), classes separated by ';' "
+                                     "or ','. Empty: the default of the dataset kind.")
+        self.classes_button = QPushButton("From a model…")
+        self.classes_button.setToolTip("Use the classes a checkpoint (.pt) was trained for")
         self.load_button = QPushButton("Load cohort")
         self.pred_edit = QLineEdit()
         self.pred_edit.setPlaceholderText("predictions folder (optional: shows each case's prediction)")
@@ -64,24 +88,36 @@ class CohortDock(QWidget):
         self.open_button = QPushButton("Open case")
         self.open_button.setEnabled(False)
 
+    def _layout(self) -> None:
         top = QHBoxLayout()
         top.addWidget(self.path_edit, 1)
         top.addWidget(self.browse_button)
+        top.addWidget(self.folder_button)
+        classes = QHBoxLayout()
+        classes.addWidget(self.classes_edit, 1)
+        classes.addWidget(self.classes_button)
+        form = QFormLayout()
+        form.addRow("Cohort", top)
+        form.addRow("Classes", classes)
+        form.addRow("Predictions", self.pred_edit)
         filt = QHBoxLayout()
         filt.addWidget(QLabel("Subgroup:"))
         filt.addWidget(self.attribute_combo, 1)
         filt.addWidget(self.value_combo, 1)
         layout = QVBoxLayout(self)
-        layout.addLayout(top)
+        layout.addLayout(form)
         layout.addWidget(self.load_button)
-        layout.addWidget(self.pred_edit)
         layout.addWidget(self.info)
         layout.addLayout(filt)
         layout.addWidget(self.table, 1)
         layout.addWidget(self.open_button)
 
+    def _connect(self) -> None:
         self.browse_button.clicked.connect(self._on_browse_clicked)
+        self.folder_button.clicked.connect(self._on_folder_clicked)
+        self.classes_button.clicked.connect(self._on_classes_from_model_clicked)
         self.load_button.clicked.connect(self._on_load_clicked)
+        self.path_edit.returnPressed.connect(self._on_load_clicked)
         self.attribute_combo.currentTextChanged.connect(self._on_attribute_changed)
         self.value_combo.currentTextChanged.connect(self._on_filter_changed)
         self.open_button.clicked.connect(self._on_open_clicked)
@@ -90,32 +126,42 @@ class CohortDock(QWidget):
         self.table.cellDoubleClicked.connect(lambda *_: self._on_open_clicked())
 
     # ------------------------------------------------------------------ actions
-    def load(self, path: str | Path) -> None:
-        """Open a cohort and fill the table (errors go to the notification area)."""
-        try:
-            cohort = open_cohort(path)
-        except (FairSegError, OSError, ValueError) as exc:
-            show_error(f"Cannot open cohort: {exc}")
-            return
-        self.cohort = cohort
+    def load(self, path: str | Path) -> bool:
+        """Open a cohort with the declared classes and fill the table.
+
+        On failure the previous cohort is cleared (no stale table stays on screen), the reason
+        is shown in the dock and as a notification, and ``False`` is returned.
+        """
         self.path_edit.setText(str(path))
+        try:
+            classes = parse_classes(self.classes_edit.text())
+            cohort = open_cohort(path, classes=classes)
+        except FILE_ERRORS as exc:
+            self._clear(f"Not loaded: {user_message(exc)}")
+            show_error(f"Cannot open cohort: {user_message(exc)}")
+            return False
+        self.cohort = cohort
         labelled = cohort.cases["label"].map(lambda v: isinstance(v, str) and bool(v))
-        splits = ", ".join(f"{k} {v}" for k, v in cohort.cases["split"].value_counts().sort_index().items())
+        splits = ", ".join(f"{k} {v}" for k, v in cohort.cases["split"].astype("string").fillna("none")
+                           .value_counts().sort_index().items())
+        notes = "".join(f"<br><i>{n}</i>" for n in cohort.notes[:3])
         self.info.setText(f"<b>{cohort.name}</b> ({cohort.kind}): {len(cohort)} cases ({splits}), "
-                          f"{int(labelled.sum())} with ground truth")
+                          f"{int(labelled.sum())} with ground truth; classes {format_classes(cohort.classes)}"
+                          + notes)
         self._fill_table(cohort.cases.assign(labelled=labelled))
         self.attribute_combo.blockSignals(True)
         self.attribute_combo.clear()
         self.attribute_combo.addItems([ALL, *cohort.attributes])
         self.attribute_combo.blockSignals(False)
         self._on_attribute_changed(ALL)
+        return True
 
     def open_case(self, case_id: str) -> None:
         """Show a case's image and ground truth, replacing the previously opened case."""
         try:
             layers = case_layers(self.cohort, case_id)
-        except (FairSegError, OSError, ValueError) as exc:
-            show_error(f"Cannot open case {case_id}: {exc}")
+        except FILE_ERRORS as exc:
+            show_error(f"Cannot open case {case_id}: {user_message(exc)}")
             return
         pred_dir = self.pred_edit.text().strip()
         if pred_dir:
@@ -124,9 +170,10 @@ class CohortDock(QWidget):
                 try:
                     case = load_image(self.cohort, case_id)
                     pred = load_prediction(self.cohort, pred_dir, case)
-                    layers.append(labels_layer(pred, case.affine, f"{case_id} prediction", layers[0][1]["metadata"]))
-                except (FairSegError, OSError, ValueError) as exc:
-                    show_error(f"Prediction of {case_id} not shown: {exc}")
+                    layers.append(labels_layer(pred, case.affine, f"{case_id} prediction", layers[0][1]["metadata"],
+                                               role="prediction"))
+                except FILE_ERRORS as exc:
+                    show_error(f"Prediction of {case_id} not shown: {user_message(exc)}")
         self.case_layers = show_layers(self.viewer, self.case_layers, layers)
         self.viewer.reset_view()
         if len(layers) > 1:  # show the slice through the middle of the ground truth (or prediction)
@@ -141,10 +188,35 @@ class CohortDock(QWidget):
         if path:
             self.load(path)
 
+    def _on_folder_clicked(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Open a dataset folder")
+        if path:
+            self.load(path)
+
+    def _on_classes_from_model_clicked(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Classes of a checkpoint", "", "Checkpoint (*.pt);;All files (*)")
+        if path:
+            self.classes_from_model(path)
+
+    def classes_from_model(self, ref: str | Path) -> None:
+        """Fill the classes field from a checkpoint (a file, or ``brain`` / ``fundus``)."""
+        from ..models.checkpoint import load_checkpoint
+        from ..models.zoo import resolve_checkpoint
+
+        try:
+            ckpt = load_checkpoint(resolve_checkpoint(str(ref)))
+        except FILE_ERRORS as exc:
+            show_error(f"Cannot read the model's classes: {user_message(exc)}")
+            return
+        if not ckpt.classes:
+            show_error(f"The checkpoint records no classes: type them instead ({Path(str(ref)).name})")
+            return
+        self.classes_edit.setText(format_classes(ckpt.classes))
+
     def _on_load_clicked(self) -> None:
         text = self.path_edit.text().strip()
         if not text:
-            show_error("Give a manifest file or dataset folder first")
+            show_error("Give a manifest file or dataset folder first (File… or Folder…)")
             return
         self.load(text)
 
@@ -161,7 +233,7 @@ class CohortDock(QWidget):
 
     def _on_filter_changed(self, value: str) -> None:
         attribute = self.attribute_combo.currentText()
-        col = self.columns.index(attribute) if attribute in getattr(self, "columns", []) else None
+        col = self.columns.index(attribute) if attribute in self.columns else None
         for r in range(self.table.rowCount()):
             hide = col is not None and value not in (ALL, "") and self.table.item(r, col).text() != value
             self.table.setRowHidden(r, hide)
@@ -172,6 +244,15 @@ class CohortDock(QWidget):
             self.open_case(self.table.item(rows.pop(), 0).text())
 
     # ------------------------------------------------------------------ helpers
+    def _clear(self, message: str) -> None:
+        self.cohort, self.columns = None, []
+        self.table.clear()
+        self.table.setRowCount(0)
+        self.table.setColumnCount(0)
+        self.attribute_combo.clear()
+        self.value_combo.clear()
+        self.info.setText(message)
+
     def _fill_table(self, cases: pd.DataFrame) -> None:
         self.columns = ["case_id", "split", "labelled", *self.cohort.attributes]
         self.table.setSortingEnabled(False)

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import napari
 import numpy as np
-from napari.utils.colormaps import DirectLabelColormap
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import (
     QComboBox,
@@ -26,40 +26,58 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
-from ..data.layers import image_layer, labels_layer
-from ..data.readers import open_cohort
-from ..errors import FairSegError
+from ..data.layers import cohort_of, prediction_layers
+from ..errors import user_message
 from ..inference import InferenceConfig, Predictor, predict_pool_job
 from ..inference.uncertainty import max_entropy
 from ..models.checkpoint import check_compatible, load_checkpoint
 from ..models.zoo import BUNDLED, resolve_checkpoint
+from ..progress import Progress
 from ..training import TrainConfig, model_config_for, train_job
+from .cohort_dock import FILE_ERRORS
+from .viewer_layers import current_case, show_layers
 from .workers import JobDock
 
 FILE = "checkpoint file…"
 
 
-def current_case(viewer) -> tuple[str, str, list] | None:
-    """``(cohort path, case id, affine)`` of the selected layer, or of the newest tagged layer."""
-    layers = [viewer.layers.selection.active] if viewer.layers.selection.active is not None else []
-    layers += list(viewer.layers)[::-1]
-    for layer in layers:
-        tag = (layer.metadata or {}).get("fairseg", {})
-        if tag.get("cohort") and tag.get("case_id"):
-            return tag["cohort"], tag["case_id"], tag.get("affine")
-    return None
+def model_job(ref: str, cohort, settings: InferenceConfig, case_ids=None, **predict_kw):
+    """Load a checkpoint, check it against ``cohort``, then predict: the whole click in a worker.
+
+    Yields a ``model`` stage (so a first click shows progress while the weights load) and then
+    :func:`~napari_fairseg.inference.predict_pool_job`'s events; returns ``(result, checkpoint)``.
+    """
+    yield Progress("model", 0, 1, "loading the model…")
+    ckpt = load_checkpoint(resolve_checkpoint(ref))
+    check_compatible(ckpt, cohort)
+    predictor = Predictor.from_checkpoint(ckpt, settings)
+    yield Progress("model", 1, 1, f"loaded; predicting on {predictor.device_name}")
+    result = yield from predict_pool_job(cohort, predictor, case_ids, checkpoint=ckpt, **predict_kw)
+    return result, ckpt
 
 
 class InferenceDock(JobDock):
     """Checkpoint, device and uncertainty settings; Run on this case / on the cohort; Cancel."""
 
-    def __init__(self, viewer):
-        super().__init__(on_state=self._on_running_changed)
-        self.viewer = viewer
+    def __init__(self, viewer: napari.viewer.Viewer):
+        super().__init__(viewer)
+        self.shown: list = []
+        self._build()
+        self._layout()
+        self._connect()
+
+    def busy_widgets(self) -> list:
+        return [self.train_button, self.run_case_button, self.run_cohort_button]
+
+    # ------------------------------------------------------------------ widgets
+    def _build(self) -> None:
         self.model_combo = QComboBox()
         self.model_combo.addItems([*(f"{name} (bundled)" for name in BUNDLED), FILE])
+        self.model_combo.setToolTip("The bundled models are demo models trained on the synthetic samples: "
+                                    "train or pick your own for real scans")
         self.model_path = QLineEdit()
         self.model_path.setPlaceholderText("path to a .pt checkpoint")
+        self.model_path.setEnabled(False)
         self.device_combo = QComboBox()
         self.device_combo.addItems(["auto", "cpu", "cuda", "mps"])
         self.uncertainty_combo = QComboBox()
@@ -75,11 +93,14 @@ class InferenceDock(JobDock):
         self.train_button = QPushButton("Train a model on the cohort")
         self.run_case_button = QPushButton("Run on this case")
         self.run_cohort_button = QPushButton("Run on the cohort")
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
         self.status = QLabel("Open a case first (Cohort dock, File › Open or Open Sample).")
         self.status.setWordWrap(True)
+        self.warning = QLabel("")
+        self.warning.setWordWrap(True)
+        self.warning.setStyleSheet("color: #ffb000;")
+        self.warning.hide()
 
+    def _layout(self) -> None:
         form = QFormLayout()
         form.addRow("Model", self.model_combo)
         form.addRow("", self.model_path)
@@ -90,72 +111,78 @@ class InferenceDock(JobDock):
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_case_button)
         buttons.addWidget(self.run_cohort_button)
-        layout = QVBoxLayout(self)
-        layout.addLayout(form)
-        layout.addLayout(buttons)
         train_row = QHBoxLayout()
         train_row.addWidget(self.train_button, 1)
         train_row.addWidget(QLabel("epochs"))
         train_row.addWidget(self.train_epochs)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
         layout.addLayout(train_row)
         layout.addWidget(self.cancel_button)
+        layout.addWidget(self.warning)
         layout.addWidget(self.status)
         layout.addStretch(1)
 
-        self.model_combo.currentTextChanged.connect(
-            lambda t: self.model_path.setEnabled(t == FILE))
-        self.model_path.setEnabled(False)
+    def _connect(self) -> None:
+        self.model_combo.currentTextChanged.connect(lambda t: self.model_path.setEnabled(t == FILE))
         self.run_case_button.clicked.connect(self._on_run_case_clicked)
         self.run_cohort_button.clicked.connect(self._on_run_cohort_clicked)
         self.train_button.clicked.connect(self._on_train_clicked)
-        self.cancel_button.clicked.connect(self.runner.cancel)
-        viewer.layers.events.inserted.connect(self._on_layer_inserted)
+        self.viewer.layers.events.inserted.connect(self._on_layer_inserted)
 
     # ------------------------------------------------------------------ set-up
     def _model_ref(self) -> str:
         text = self.model_combo.currentText()
         return self.model_path.text().strip() if text == FILE else text.split(" ", 1)[0]
 
+    def _settings(self) -> InferenceConfig:
+        return InferenceConfig(device=self.device_combo.currentText(),
+                               uncertainty=self.uncertainty_combo.currentText(), passes=self.passes.value())
+
     def _prepare(self):
-        """Cohort, case, checkpoint and predictor for a run; ``None`` after showing an error."""
+        """``(cohort, tag, affine, settings)`` of the open case, or ``None`` after showing why not.
+
+        Only cheap work happens here, on the GUI thread: the model loads in the job.
+        """
         found = current_case(self.viewer)
         if found is None:
             show_error("No case is open: open one from the Cohort dock, File › Open or Open Sample first")
             return None
-        cohort_path, case_id, affine = found
-        try:
-            cohort = open_cohort(cohort_path)
-            ckpt = load_checkpoint(resolve_checkpoint(self._model_ref()))
-            check_compatible(ckpt, cohort)
-            settings = InferenceConfig(device=self.device_combo.currentText(),
-                                       uncertainty=self.uncertainty_combo.currentText(), passes=self.passes.value())
-            predictor = Predictor.from_checkpoint(ckpt, settings)
-        except (FairSegError, OSError, ValueError, RuntimeError) as exc:
-            show_error(f"Cannot run: {exc}")
+        tag, affine = found
+        if self.model_combo.currentText() == FILE and not self.model_path.text().strip():
+            show_error("Choose a checkpoint file under Model first (or a bundled model)")
             return None
-        return cohort, case_id, affine, ckpt, predictor
+        try:
+            return cohort_of(tag), tag, affine, self._settings()
+        except FILE_ERRORS as exc:
+            show_error(f"Cannot run: {user_message(exc)}")
+            return None
 
     # ------------------------------------------------------------------ slots
     def _on_run_case_clicked(self) -> None:
         ready = self._prepare()
         if ready is None:
             return
-        cohort, case_id, affine, ckpt, predictor = ready
-        self.status.setText(f"Predicting {case_id} on {predictor.device_name}…")
-        job = predict_pool_job(cohort, predictor, [case_id], keep=True, checkpoint=ckpt)
+        cohort, tag, affine, settings = ready
+        case_id = tag["case_id"]
+        self.warning.hide()
+        self.status.setText(f"Predicting {case_id}…")
+        job = model_job(self._model_ref(), cohort, settings, [case_id], keep=True)
         self.runner.start(job, title=f"predict {case_id}",
-                          on_done=lambda r: self._show_case(r, case_id, affine, ckpt))
+                          on_done=lambda r: self._show_case(*r, tag=tag, affine=affine))
 
     def _on_run_cohort_clicked(self) -> None:
         ready = self._prepare()
         if ready is None:
             return
-        cohort, _, _, ckpt, predictor = ready
+        cohort, _, _, settings = ready
         src = Path(cohort.source)
         out = Path(self.out_dir.text().strip() or (src.parent if src.is_file() else src) / "predictions")
-        self.status.setText(f"Predicting {len(cohort)} cases on {predictor.device_name} into {out}…")
-        job = predict_pool_job(cohort, predictor, out_dir=out, checkpoint=ckpt)
-        self.runner.start(job, title="predict cohort", on_done=lambda r: self._show_cohort(r, out))
+        self.warning.hide()
+        self.status.setText(f"Predicting {len(cohort)} cases into {out}…")
+        job = model_job(self._model_ref(), cohort, settings, out_dir=out)
+        self.runner.start(job, title="predict cohort", on_done=lambda r: self._show_cohort(r[0], out))
 
     def _on_train_clicked(self) -> None:
         """Train the cohort's default network (light 3D U-Net / 2D U-Net) on its train split."""
@@ -164,11 +191,11 @@ class InferenceDock(JobDock):
             show_error("No case is open: open one of the cohort to train on first")
             return
         try:
-            cohort = open_cohort(found[0])
+            cohort = cohort_of(found[0])
             config = TrainConfig(epochs=self.train_epochs.value(), lr=3e-3, device=self.device_combo.currentText())
             model_config = model_config_for(cohort, dropout=0.1)
-        except (FairSegError, OSError, ValueError) as exc:
-            show_error(f"Cannot train: {exc}")
+        except FILE_ERRORS as exc:
+            show_error(f"Cannot train: {user_message(exc)}")
             return
         src = Path(cohort.source)
         out = (src.parent if src.is_file() else src) / "models" / f"{cohort.name}-{model_config.network}.pt"
@@ -184,12 +211,6 @@ class InferenceDock(JobDock):
         self.status.setText(f"Trained on {result.meta.get('device')}: validation Dice {dice:.4f}; "
                             f"checkpoint {out} selected")
 
-    def _on_running_changed(self, running: bool) -> None:
-        self.train_button.setEnabled(not running)
-        self.run_case_button.setEnabled(not running)
-        self.run_cohort_button.setEnabled(not running)
-        self.cancel_button.setEnabled(running)
-
     def _on_layer_inserted(self, event) -> None:
         """Pick the bundled model that fits a newly opened case's cohort (unless a file is chosen)."""
         tag = (event.value.metadata or {}).get("fairseg", {})
@@ -199,31 +220,15 @@ class InferenceDock(JobDock):
             self.model_combo.setCurrentText(f"{name} (bundled)")
 
     # ------------------------------------------------------------------ results (GUI thread)
-    def _show_case(self, result, case_id: str, affine, ckpt) -> None:
+    def _show_case(self, result, ckpt, *, tag: dict, affine) -> None:
+        case_id = tag["case_id"]
         pred = result.predictions[case_id]
         aff = np.asarray(affine if affine is not None else np.eye(4), dtype=float)
-        meta = {"fairseg": {"case_id": case_id, "cohort": None}}
-        for name in (f"{case_id} prediction", f"{case_id} entropy", f"{case_id} ROI",
-                     f"{case_id} mutual information"):
-            if name in self.viewer.layers:
-                self.viewer.layers.remove(name)
-        data, kw, _ = labels_layer(pred.label, aff, f"{case_id} prediction", meta)
-        self.viewer.add_labels(data, **kw)
+        top = float(max_entropy(ckpt.config.head, len(ckpt.config.label_values)))
+        layers = prediction_layers(pred, aff, case_id, {"fairseg": tag}, entropy_max=top)
+        self.shown = show_layers(self.viewer, self.shown, layers)
         text = f"{case_id}: predicted on {result.device}"
         if "entropy" in pred.maps:
-            top = float(max_entropy(ckpt.config.head, len(ckpt.config.label_values)))
-            data, kw, _ = image_layer(pred.maps["entropy"][None], aff, f"{case_id} entropy", meta)
-            kw.update(colormap="inferno", blending="additive", contrast_limits=(0.0, top), opacity=0.8)
-            self.viewer.add_image(data, **kw)
-            data, kw, _ = labels_layer(pred.maps["roi"].astype(np.int32), aff, f"{case_id} ROI", meta)
-            kw.update(opacity=1.0, colormap=DirectLabelColormap(color_dict={None: "transparent", 1: "cyan"}))
-            roi = self.viewer.add_labels(data, **kw)
-            roi.contour = 1  # an outline: the dilated prediction Eq. 1 averages entropy over
-            if "mutual_information" in pred.maps:  # MC dropout / TTA: the epistemic part of the entropy
-                data, kw, _ = image_layer(pred.maps["mutual_information"][None], aff,
-                                          f"{case_id} mutual information", meta)
-                kw.update(colormap="viridis", blending="additive", contrast_limits=(0.0, top), visible=False)
-                self.viewer.add_image(data, **kw)
             s = pred.scores
             text += (f"; masked scaled entropy {s['masked_entropy']:.4f} nats over {s['roi_voxels']} ROI voxels"
                      + (" (empty prediction: scored as the maximum)" if s.get("roi_empty") else "")

@@ -24,10 +24,6 @@ from ..active import Project
 from ..data.arrays import load_case
 from ..data.readers import open_cohort
 from ..data.synthetic import cache_dir, make_sample
-from .active_dock import ActiveLearningDock
-from .audit_dock import AuditDock
-from .cohort_dock import CohortDock
-from .inference_dock import InferenceDock
 
 
 def brain_cohort():
@@ -49,24 +45,20 @@ def wait_idle(*runners, timeout: float = 600) -> None:
         loop.exec()
 
 
-def docks(viewer):
-    made = {"Cohort": CohortDock(viewer), "Model & inference": InferenceDock(viewer),
-            "Active learning": ActiveLearningDock(viewer), "Fairness audit": AuditDock(viewer)}
-    # added in reverse, tabbed: the Cohort dock, where a user starts, ends up in front
-    for i, (name, dock) in enumerate(reversed(made.items())):
-        viewer.window.add_dock_widget(dock, name=name, area="right", tabify=i > 0)
-    return made
+#: the plugin's docks as napari's Plugins › FairSeg menu lists them
+DOCKS = ("Cohort", "Model & inference", "Active learning", "Fairness audit")
 
 
-def _raise(viewer, name) -> None:
-    """Bring a tabbed dock to the front (its QDockWidget, however deep napari wraps it)."""
-    from qtpy.QtWidgets import QDockWidget
+def docks(viewer) -> dict:
+    """Open every dock through napari's plugin mechanism, as Plugins › FairSeg does.
 
-    w = viewer.window.dock_widgets[name]
-    while w is not None and not isinstance(w, QDockWidget):
-        w = w.parent()
-    if w is not None:
-        w.raise_()
+    Returns ``{name: (dock widget, inner widget)}``. Added in reverse and tabbed, so the Cohort
+    dock, where a user starts, ends up in front.
+    """
+    made = {}
+    for i, name in enumerate(reversed(DOCKS)):
+        made[name] = viewer.window.add_plugin_dock_widget("napari-fairseg", name, tabify=i > 0)
+    return {name: made[name] for name in DOCKS}
 
 
 def tour(out: Path) -> list[Path]:
@@ -79,7 +71,7 @@ def tour(out: Path) -> list[Path]:
     shots: list[Path] = []
 
     def shot(step: str, dock: str) -> None:
-        _raise(viewer, dock)
+        d[dock][0].raise_()  # bring the tabbed dock to the front
         loop = QEventLoop()  # let the tab switch and the canvas draw before grabbing
         QTimer.singleShot(300, loop.quit)
         loop.exec()
@@ -88,7 +80,7 @@ def tour(out: Path) -> list[Path]:
         shots.append(path)
         print(f"  {path}")
 
-    c, inf, al, au = d["Cohort"], d["Model & inference"], d["Active learning"], d["Fairness audit"]
+    c, inf, al, au = (d[name][1] for name in DOCKS)
     c.path_edit.setText(str(cohort.source))
     c.load_button.click()
     test_case = cohort.cases.loc[cohort.cases["split"] == "test", "case_id"].iloc[0]
@@ -160,9 +152,9 @@ def main(argv=None) -> int:
         return 0
     cohort = brain_cohort()
     viewer = napari.Viewer(title="napari-fairseg")
-    d = docks(viewer)
-    d["Cohort"].load(cohort.source)
-    d["Cohort"].open_case(cohort.case_ids[0])
+    cohort_dock = docks(viewer)["Cohort"][1]
+    cohort_dock.load(cohort.source)
+    cohort_dock.open_case(cohort.case_ids[0])
     napari.run()
     return 0
 

@@ -18,8 +18,9 @@ from napari.qt.threading import GeneratorWorker
 from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QEvent
-from qtpy.QtWidgets import QWidget
+from qtpy.QtWidgets import QPushButton, QWidget
 
+from ..errors import user_message
 from ..progress import Job, Progress, run_job
 
 #: the progress bar is redrawn at most this often (seconds); the latest event is always kept
@@ -109,8 +110,7 @@ class JobRunner:
             bar.refresh()
 
     def _on_error(self, exc: Exception, on_error) -> None:
-        msg = str(exc) if isinstance(exc, Exception) else repr(exc)
-        show_error(f"{self.title} failed: {msg}")
+        show_error(f"{self.title} failed: {user_message(exc)}")
         if on_error is not None:
             on_error(exc)
 
@@ -136,33 +136,38 @@ class JobRunner:
 
 
 
-def focus_on(viewer, mask, scale) -> None:
-    """Move the viewer's slider to the middle of ``mask``'s structure (a no-op when it is empty).
-
-    ``mask`` ``(*S)`` in voxels, ``scale`` its voxel size; napari's dims points are in world units.
-    """
-    import numpy as np
-
-    mask = np.asarray(mask)
-    if mask.ndim < 3 or not mask.any():
-        return
-    centre = np.argwhere(mask).mean(axis=0)
-    for axis in range(mask.ndim - 2):  # the sliced (not displayed) axes
-        viewer.dims.set_point(axis, float(centre[axis]) * float(scale[axis]))
-
-
 class JobDock(QWidget):
-    """Base of the docks that run jobs: a ``runner`` whose job stops when the dock goes.
+    """Base of the docks that run jobs: a ``runner``, a Cancel button and the busy state.
 
-    napari removes a dock (its × button, ``remove_dock_widget``) by detaching the widget
-    (``setParent(None)``) without closing it, so the parent change is watched as well as the
-    close event.
+    While a job runs, the widgets :meth:`busy_widgets` names are disabled and Cancel is
+    enabled; the job stops when the dock goes. napari removes a dock (its × button,
+    ``remove_dock_widget``) by detaching the widget (``setParent(None)``) without closing it,
+    so the parent change is watched as well as the close event.
+
+    Parameters
+    ----------
+    viewer : napari.viewer.Viewer
+        The viewer the dock adds layers to (napari passes a public-only proxy of it).
     """
 
-    def __init__(self, on_state: Callable[[bool], None] | None = None):
+    def __init__(self, viewer):
         super().__init__()
-        self.runner = JobRunner(on_state=on_state)
+        self.viewer = viewer
+        self.runner = JobRunner(on_state=self._on_running_changed)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setToolTip("Stop the running job at its next step (finished files stay complete)")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.runner.cancel)
         self._docked = False
+
+    def busy_widgets(self) -> list[QWidget]:
+        """The widgets disabled while a job runs (subclasses name their Run buttons)."""
+        return []
+
+    def _on_running_changed(self, running: bool) -> None:
+        for widget in self.busy_widgets():
+            widget.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
 
     def stop_jobs(self) -> None:
         if self.runner.busy:
@@ -180,16 +185,3 @@ class JobDock(QWidget):
     def closeEvent(self, event):  # noqa: N802 - Qt's name
         self.stop_jobs()
         super().closeEvent(event)
-
-
-def show_layers(viewer, old: list, tuples) -> list:
-    """Replace a dock's previously shown layers: remove ``old`` (those still in the viewer) and
-    add the layer tuples ``(data, kwargs, kind)``; returns the new layers."""
-    for layer in old:
-        if layer in viewer.layers:
-            viewer.layers.remove(layer)
-    new = []
-    for data, kwargs, kind in tuples:
-        added = getattr(viewer, f"add_{kind}")(data, **kwargs)
-        new += list(added) if isinstance(added, list | tuple) else [added]
-    return new

@@ -49,10 +49,102 @@ def image_layer(image: np.ndarray, affine: np.ndarray, name: str, metadata: dict
     return image, {**kw, "channel_axis": 0}, "image"
 
 
-def labels_layer(label: np.ndarray, affine: np.ndarray, name: str, metadata: dict) -> LayerData:
-    """A labels layer from a class map ``(*S)``."""
-    return (np.asarray(label).astype(np.int32), {"name": name, "scale": spacing_of(affine, label.ndim),
-                                                 "metadata": _tagged(metadata, affine), "opacity": 0.5}, "labels")
+#: label colours per role, so ground truth and a prediction overlaid on it read apart: ground
+#: truth in greens and blues, model output in magentas and oranges (value 1, 2, … in order)
+ROLE_COLOURS = {
+    "truth": ("#2ecc40", "#0074d9", "#7fdbff", "#3d9970", "#01ff70", "#39cccc"),
+    "prediction": ("#f012be", "#ff851b", "#ffdc00", "#b10dc9", "#ff4136", "#85144b"),
+    "annotation": ("#ffdc00", "#ff4136", "#f012be", "#ff851b", "#b10dc9", "#85144b"),
+}
+
+
+def label_colours(role: str, values) -> dict:
+    """napari's direct colour mapping for the label ``values`` of a layer of ``role``.
+
+    Background (0) is transparent; value ``k`` takes the role's ``k``-th colour (cycling).
+    """
+    palette = ROLE_COLOURS[role]
+    top = max([int(v) for v in values] + [len(palette)])
+    return {None: "transparent", 0: "transparent",
+            **{k: palette[(k - 1) % len(palette)] for k in range(1, top + 1)}}
+
+
+def labels_layer(label: np.ndarray, affine: np.ndarray, name: str, metadata: dict, *,
+                 role: str = "truth") -> LayerData:
+    """A labels layer from a class map ``(*S)``, coloured by ``role`` (:data:`ROLE_COLOURS`)."""
+    label = np.asarray(label).astype(np.int32)
+    values = np.unique(label) if label.size <= 1 << 22 else range(int(label.max()) + 1)
+    return (label, {"name": name, "scale": spacing_of(affine, label.ndim), "metadata": _tagged(metadata, affine),
+                    "opacity": 0.5 if role == "truth" else 0.6, "colormap": label_colours(role, values)},
+            "labels")
+
+
+def outline(mask: np.ndarray) -> np.ndarray:
+    """The in-plane boundary of a boolean ``mask`` ``(*S)``: its voxels with a background
+    neighbour in the displayed plane (the last two axes), as napari shows a slice."""
+    from scipy import ndimage
+
+    mask = np.asarray(mask, bool)
+    structure = np.zeros((3,) * mask.ndim, bool)
+    plane = (1,) * (mask.ndim - 2)
+    structure[plane] = ndimage.generate_binary_structure(2, 1)
+    return mask & ~ndimage.binary_erosion(mask, structure=structure, border_value=0)
+
+
+def case_tag(cohort: Cohort, case_id: str, **extra) -> dict:
+    """The ``metadata`` every layer of a case carries: how to reopen its cohort and find the case.
+
+    ``fairseg.cohort`` is the cohort's path, ``fairseg.classes`` its declared classes (a folder
+    of the user's own images has none on disk), ``fairseg.kind`` its kind.
+    """
+    return {"fairseg": {"cohort": str(cohort.source) if cohort.source else None, "case_id": case_id,
+                        "kind": cohort.kind, "classes": {k: list(v) for k, v in cohort.classes.items()},
+                        **extra}}
+
+
+def cohort_of(tag: dict) -> Cohort:
+    """Reopen the cohort a layer's ``metadata["fairseg"]`` tag names, with its declared classes."""
+    from .readers import open_cohort
+
+    if not tag.get("cohort"):
+        raise InputDataError(None, "this layer belongs to no cohort: open a cohort in the Cohort dock")
+    classes = {k: tuple(v) for k, v in (tag.get("classes") or {}).items()} or None
+    return open_cohort(tag["cohort"], classes=classes)
+
+
+def prediction_layers(result, affine: np.ndarray, case_id: str, metadata: dict, *,
+                      entropy_max: float) -> list[LayerData]:
+    """Layers of one case's prediction: the labels and, when computed, its uncertainty.
+
+    Parameters
+    ----------
+    result : CasePrediction
+        ``label`` ``(*S)`` and ``maps`` (``entropy``, ``roi``, ``mutual_information``; nats).
+    entropy_max : float
+        Upper end of the entropy colour scale (the maximum entropy of the head, nats).
+
+    Returns the prediction (labels), the voxel entropy (``inferno``, additive, 0 … ``entropy_max``),
+    the ROI outline (cyan contour of the dilated prediction, seed 001 Eq. 1) and, for MC dropout
+    / TTA, the mutual information (hidden at first).
+    """
+    meta = {"fairseg": {**metadata.get("fairseg", {}), "case_id": case_id, "overlay": True}}
+    layers = [labels_layer(result.label, affine, f"{case_id} prediction", meta, role="prediction")]
+    maps = result.maps
+    if "entropy" in maps:
+        data, kw, kind = image_layer(np.asarray(maps["entropy"])[None], affine, f"{case_id} entropy", meta)
+        kw.update(colormap="inferno", blending="additive", contrast_limits=(0.0, entropy_max), opacity=0.8)
+        layers.append((data, kw, kind))
+    if "roi" in maps:
+        roi = outline(np.asarray(maps["roi"], bool)).astype(np.int32)
+        kw = {"name": f"{case_id} ROI", "scale": spacing_of(affine, roi.ndim), "metadata": _tagged(meta, affine),
+              "opacity": 1.0, "colormap": {None: "transparent", 0: "transparent", 1: "cyan"}}
+        layers.append((roi, kw, "labels"))
+    if "mutual_information" in maps:
+        data, kw, kind = image_layer(np.asarray(maps["mutual_information"])[None], affine,
+                                     f"{case_id} mutual information", meta)
+        kw.update(colormap="viridis", blending="additive", contrast_limits=(0.0, entropy_max), visible=False)
+        layers.append((data, kw, kind))
+    return layers
 
 
 def _tagged(metadata: dict, affine: np.ndarray) -> dict:
@@ -65,8 +157,7 @@ def _tagged(metadata: dict, affine: np.ndarray) -> dict:
 def case_layers(cohort: Cohort, case_id: str) -> list[LayerData]:
     """A case's image and (when it has one) ground truth, tagged with cohort and case."""
     case = load_case(cohort, case_id)
-    meta = {"fairseg": {"cohort": str(cohort.source) if cohort.source else None, "case_id": case_id,
-                        "kind": cohort.kind}}
+    meta = case_tag(cohort, case_id)
     layers = [image_layer(case.image, case.affine, case_id, meta)]
     if case.label is not None:
         layers.append(labels_layer(case.label, case.affine, f"{case_id} ground truth", meta))

@@ -305,10 +305,12 @@ def join_metadata(cases: pd.DataFrame, table: pd.DataFrame, *, source=None, id_c
         raise InputDataError(source, f"metadata columns {clash} clash with manifest columns")
     out = cases.copy()
     out["_key"] = out["case_id"].astype("string").str.lower()
-    if "split" in meta.columns and out["split"].notna().any():
-        meta = meta.drop(columns=["split"])
-    elif "split" in meta.columns:
-        out = out.drop(columns=["split"])
+    if "split" in meta.columns and "split" in out.columns:
+        # the cohort's own splits (manifest, split lists, folders) win over the table's
+        if out["split"].notna().any():
+            meta = meta.drop(columns=["split"])
+        else:
+            out = out.drop(columns=["split"])
     merged = out.merge(meta, on="_key", how="left", indicator=True)
     notes = []
     no_meta = merged.loc[merged["_merge"] == "left_only", "case_id"].tolist()

@@ -44,6 +44,17 @@ def intersection_table(values, a, b, *, min_size: int = 10) -> tuple[pd.DataFram
     return mean, count
 
 
+def intersection_cells(case_ids, a, b) -> dict[tuple[str, str], list[str]]:
+    """The case ids in each cell of attribute ``a`` × attribute ``b`` (as :func:`intersection_table`
+    labels them: unknown values under ``unknown``), in input order; empty cells are absent."""
+    frame = pd.DataFrame({
+        "id": pd.Series(case_ids).reset_index(drop=True).astype(str),
+        "a": pd.Series(a).reset_index(drop=True).astype("string").fillna(UNKNOWN),
+        "b": pd.Series(b).reset_index(drop=True).astype("string").fillna(UNKNOWN),
+    })
+    return {(str(ra), str(cb)): g["id"].tolist() for (ra, cb), g in frame.groupby(["a", "b"], sort=False)}
+
+
 def discover_subgroups(table: pd.DataFrame, outcome: str, attributes: Sequence[str], *,
                        min_support: float = 0.05, max_length: int | None = None,
                        with_items: bool = False) -> pd.DataFrame:

@@ -7,23 +7,33 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+#: metrics whose values lie in [0, 1] with 1 best: their heatmaps use one fixed 0–1 colour scale,
+#: so a colour means the same Dice in every heatmap (0.25 is red, 0.71 yellow-green, always)
+UNIT_METRICS = ("dice", "iou")
+
 
 def draw_heatmap(ax, mean: pd.DataFrame, count: pd.DataFrame, *, metric: str = "dice",
                  row_label: str = "", col_label: str = "", min_size: int = 10):
     """Draw an intersectional heatmap on a matplotlib ``Axes``.
 
     Each cell shows the mean (2 decimals) and ``n``; empty cells are grey with "no cases";
-    cells with fewer than ``min_size`` cases are marked with ``*`` and hatched.
+    cells with fewer than ``min_size`` cases are marked with ``*`` and hatched. Dice and IoU use
+    the fixed scale 0 (red) … 1 (green); other metrics (distances in mm, lower is better) span
+    their values with green at the low end.
     Returns the image artist (for a colour bar).
     """
     import matplotlib as mpl
 
     data = np.ma.masked_invalid(mean.to_numpy(dtype=float))
-    cmap = mpl.colormaps["RdYlGn"].with_extremes(bad="#d9d9d9")
+    unit = metric.split("_")[0] in UNIT_METRICS
+    cmap = mpl.colormaps["RdYlGn" if unit else "RdYlGn_r"].with_extremes(bad="#d9d9d9")
     finite = data.compressed()
-    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-    if hi - lo < 1e-6:
-        lo, hi = lo - 0.05, hi + 0.05
+    if unit:
+        lo, hi = 0.0, 1.0
+    else:
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        if hi - lo < 1e-6:
+            lo, hi = lo - 0.05, hi + 0.05
     im = ax.imshow(data, cmap=cmap, vmin=lo, vmax=hi, aspect="auto")
     ax.set_xticks(range(mean.shape[1]), [str(c) for c in mean.columns], rotation=30, ha="right")
     ax.set_yticks(range(mean.shape[0]), [str(r) for r in mean.index])
