@@ -23,10 +23,6 @@ def median(times) -> float:
 
 def brain_sample():
     """The sample brain cohort (24 volumes of 64×64×48), generated into the cache on first use."""
-    from napari_fairseg.data.readers import open_cohort
-    from napari_fairseg.data.synthetic import cache_dir, make_sample
+    from napari_fairseg.data.synthetic import sample_cohort
 
-    where = cache_dir() / "brain-strong-seed0-ndefault"
-    if not (where / "manifest.csv").is_file():
-        make_sample("brain", where, seed=0)
-    return open_cohort(where / "manifest.csv")
+    return sample_cohort("brain")

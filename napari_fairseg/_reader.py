@@ -1,4 +1,5 @@
-"""npe2 reader: NIfTI volumes, Harvard-FairSeg ``.npz`` files, cohort manifests and dataset folders.
+"""npe2 reader: NIfTI volumes, Harvard-FairSeg ``.npz`` files, 2D images (PNG, JPEG, TIFF, BMP),
+cohort manifests and dataset folders.
 
 Thin: the work is in :mod:`napari_fairseg.data`. A manifest or dataset folder opens the cohort's
 first case (image and ground truth, each layer tagged with the cohort path and case id in its
@@ -9,10 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .data.arrays import NIFTI_SUFFIXES
+from .data.arrays import IMAGE2D_SUFFIXES, NIFTI_SUFFIXES
 from .data.layers import LayerData, case_layers, file_layers
 
-FILE_SUFFIXES = (*NIFTI_SUFFIXES, ".npz")
+FILE_SUFFIXES = (*NIFTI_SUFFIXES, ".npz", *IMAGE2D_SUFFIXES)
 
 
 def _is_cohort(path: Path) -> bool:

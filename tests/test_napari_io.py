@@ -126,3 +126,20 @@ def test_brain_sample_data_generates_once_into_the_cache(tmp_path, monkeypatch):
     assert (t1, t2) == ("image", "labels") and img.shape == lab.shape == (64, 64, 48)
     assert kw["scale"] == pytest.approx((1.5, 1.5, 1.5)) and lab.max() == 1
     assert (tmp_path / "brain-strong-seed0-ndefault" / "manifest.csv").is_file()
+
+
+def test_in_napari_a_dropped_png_photo_and_mask_open_with_our_reader(make_napari_viewer, tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    photo = (rng.random((30, 40, 3)) * 255).astype(np.uint8)
+    mask = np.zeros((30, 40), np.uint8)
+    mask[5:20, 5:20], mask[8:14, 8:14] = 1, 2
+    Image.fromarray(photo).save(tmp_path / "eye.png")
+    Image.fromarray(mask).save(tmp_path / "eye_mask.png")
+    viewer = make_napari_viewer()
+    [image] = viewer.open(str(tmp_path / "eye.png"), plugin="napari-fairseg")
+    [labels] = viewer.open(str(tmp_path / "eye_mask.png"), plugin="napari-fairseg")
+    assert image.rgb and np.array_equal(image.data, photo.astype(np.float32))
+    assert type(labels).__name__ == "Labels" and np.array_equal(labels.data, mask)
+    assert get_reader(str(tmp_path / "notes.txt")) is None  # what we cannot read, we do not claim

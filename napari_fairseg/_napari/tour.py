@@ -22,16 +22,12 @@ from qtpy.QtCore import QEventLoop, QTimer
 
 from ..active import Project
 from ..data.arrays import load_case
-from ..data.readers import open_cohort
-from ..data.synthetic import cache_dir, make_sample
+from ..data.synthetic import sample_cohort
 
 
 def brain_cohort():
-    where = cache_dir() / "brain-strong-seed0-ndefault"
-    if not (where / "manifest.csv").is_file():
-        print(f"generating the sample brain cohort in {where} (about 20 s)")
-        make_sample("brain", where, seed=0)
-    return open_cohort(where / "manifest.csv")
+    print("the sample brain cohort (generated into the cache on first use, about 20 s)")
+    return sample_cohort("brain")
 
 
 def wait_idle(*runners, timeout: float = 600) -> None:

@@ -18,14 +18,19 @@ import numpy as np
 
 from ..errors import InputDataError
 from .arrays import (
+    IMAGE2D_SUFFIXES,
     NIFTI_SUFFIXES,
     NPZ_IMAGE_KEYS,
     NPZ_LABEL_KEYS,
     load_case,
+    read_image2d,
     read_nifti,
     to_class_map,
 )
 from .manifest import KEY_SEP, Cohort
+
+#: file name endings that mark a mask (``eye01_mask.png``), as the dataset readers use them
+LABEL_TAGS = ("_label", "_labels", "_seg", "_mask", "_gt")
 
 LayerData = tuple[np.ndarray, dict, str]
 
@@ -165,8 +170,10 @@ def case_layers(cohort: Cohort, case_id: str) -> list[LayerData]:
 
 
 def file_layers(path: str | Path) -> list[LayerData]:
-    """Layers of one NIfTI file (image, or labels when it holds few integer values) or one
-    Harvard-FairSeg ``.npz`` (fundus image, disc/cup mask as rim 1 / cup 2, attributes)."""
+    """Layers of one NIfTI file (image, or labels when it holds few integer values), one
+    Harvard-FairSeg ``.npz`` (fundus image, disc/cup mask as rim 1 / cup 2, attributes), or one
+    2D image (PNG, JPEG, TIFF, BMP: grey or RGB; a mask — few small integer values, or a name
+    ending in ``_mask``, ``_seg``, … — opens as labels)."""
     path = Path(path)
     name = path.name
     if name.lower().endswith(NIFTI_SUFFIXES):
@@ -204,4 +211,16 @@ def file_layers(path: str | Path) -> list[LayerData]:
                                 source=f"{path}{KEY_SEP}{lab_key}")
             layers.append(labels_layer(cmap, np.eye(4), f"{path.stem} disc-cup", meta))
         return layers
-    raise InputDataError(path, "not a NIfTI (.nii, .nii.gz) or FairSeg .npz file")
+    if name.lower().endswith(IMAGE2D_SUFFIXES):
+        data = read_image2d(path)
+        meta = {"fairseg": {"source": str(path)}}
+        stem = path.stem
+        if data.ndim == 3 and data.shape[-1] == 4:  # RGBA: the alpha channel carries no intensity
+            data = data[..., :3]
+        few = np.issubdtype(data.dtype, np.integer) and len(np.unique(data)) <= MAX_LABEL_VALUES
+        if data.ndim == 2 and few and (stem.lower().endswith(LABEL_TAGS) or data.max() < MAX_LABEL_VALUES):
+            return [labels_layer(data, np.eye(4), stem, meta)]
+        img = data.astype(np.float32)
+        img = img[None] if img.ndim == 2 else np.moveaxis(img, -1, 0)
+        return [image_layer(img, np.eye(4), stem, meta)]
+    raise InputDataError(path, "not a NIfTI (.nii, .nii.gz), FairSeg .npz or 2D image (PNG, JPEG, TIFF) file")

@@ -23,9 +23,9 @@ import pandas as pd
 from ..errors import InputDataError
 from . import attributes as attr
 from .arrays import IMAGE2D_SUFFIXES, NIFTI_SUFFIXES, NPZ_IMAGE_KEYS, NPZ_LABEL_KEYS, strip_suffix
+from .layers import LABEL_TAGS
 from .manifest import Cohort, join_metadata, read_manifest, read_table
 
-LABEL_TAGS = ("_label", "_labels", "_seg", "_mask", "_gt")
 METADATA_NAMES = ("metadata.csv", "metadata.xlsx", "metadata.tsv", "clinical.csv", "clinical.xlsx")
 
 

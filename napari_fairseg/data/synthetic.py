@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import importlib.resources
 import os
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -243,3 +244,28 @@ def make_sample(kind: str, out_dir: str | Path, **kwargs) -> Cohort:
 def cache_dir() -> Path:
     """Where generated sample cohorts are kept (``$FAIRSEG_CACHE`` or ``~/.cache/napari-fairseg``)."""
     return Path(os.environ.get("FAIRSEG_CACHE") or Path.home() / ".cache" / "napari-fairseg")
+
+
+def sample_cohort(kind: str) -> Cohort:
+    """The sample cohort of ``kind`` (seed 0, default size), generated into :func:`cache_dir` on
+    first use — the installed plugin needs no source tree.
+
+    Generation writes into a temporary sibling folder that is renamed into place when complete,
+    so an interrupted first use leaves no half-written sample behind.
+    """
+    from .readers import open_cohort
+
+    name = {"brain": "brain-strong-seed0-ndefault", "fundus": "fundus-fairseg-seed0-ndefault"}.get(kind)
+    if name is None:
+        raise ValueError(f"sample kind must be 'brain' or 'fundus', got {kind!r}")
+    where = cache_dir() / name
+    if not where.is_dir():
+        tmp = where.with_name(f".{name}.{os.getpid()}.partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        make_sample(kind, tmp, seed=0)
+        try:
+            tmp.rename(where)
+        except OSError:  # another process finished first: use its sample
+            shutil.rmtree(tmp, ignore_errors=True)
+    return open_cohort(where / "manifest.csv" if kind == "brain" else where)
+
