@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.arrays import load_case
-from ..data.atomic import write_text_atomic
+from ..data.atomic import restore_formulas, write_csv_atomic, write_text_atomic
 from ..data.manifest import Cohort
 from ..errors import InputDataError
 from ..models.checkpoint import load_checkpoint
@@ -141,7 +141,7 @@ def simulate_job(cohort: Cohort, config: SimulationConfig, out_dir: str | Path) 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.csv"
-    done = pd.read_csv(results_path) if results_path.is_file() else pd.DataFrame()
+    done = restore_formulas(pd.read_csv(results_path)) if results_path.is_file() else pd.DataFrame()
     complete = set()
     if not done.empty:
         counts = done.groupby(["strategy", "seed"])["cycle"].nunique()
@@ -179,12 +179,12 @@ def simulate_job(cohort: Cohort, config: SimulationConfig, out_dir: str | Path) 
                 result = yield from round_job(project, rc, train=cycle > 0, suggest=not last,
                                               model=load_checkpoint(init_ckpt) if cycle == 0 else None)
                 rows.append(_row(strategy, seed, cycle, result.metrics))
-                write_text_atomic(results_path, pd.DataFrame(rows).to_csv(index=False))
+                write_csv_atomic(results_path, pd.DataFrame(rows))
                 if not last:
                     _oracle(project, cohort, result.suggestions["case_id"].tolist())
     yield Progress("simulate", len(runs), len(runs), f"{time.perf_counter() - t0:.0f} s")
     table = pd.DataFrame(rows)
-    write_text_atomic(out / "summary.csv", summarise(table).to_csv())
+    write_csv_atomic(out / "summary.csv", summarise(table), index=True)
     ratio = sorted(c for c in table.columns if c.startswith("ratio["))
     save_learning_curves(table, out / "learning_curves.png", ratio=ratio[0] if ratio else None,
                          title=f"{cohort.name}: initial {'/'.join(map(str, config.initial))}, "

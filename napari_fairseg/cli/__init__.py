@@ -19,10 +19,12 @@ from .common import parse_ints, parse_names, run_with_bar
 
 
 def _cmd_audit(args) -> int:
+    from ..data.manifest import refuse_overwriting_inputs
     from ..data.readers import open_cohort
     from ..report.audit import AuditConfig, audit_job, write_audit
 
     cohort = open_cohort(args.cohort, metadata=args.metadata)
+    refuse_overwriting_inputs(args.out, cohort, also=[p for p in (args.metadata,) if p])
     attrs = tuple(a.strip() for a in args.attributes.split(",") if a.strip()) if args.attributes else ()
     config = AuditConfig(attributes=attrs, split=args.split, hd_mode=args.hd, min_support=args.min_support,
                          min_group_size=args.min_group_size, n_boot=args.n_boot, std_ddof=args.std_ddof,
@@ -36,6 +38,12 @@ def _cmd_audit(args) -> int:
 
 def _print_headline(audit) -> None:
     s = audit.summary
+    if not audit.attributes:
+        print("no attributes (no attribute columns, no metadata table): the report holds overall metrics only; "
+              "give one with --metadata to audit groups")
+        for mc, v in s["overall"].items():
+            if mc.startswith("dice_"):
+                print(f"{'overall':>22} {mc:<16} {v:.4f}")
     for a, info in s["attributes"].items():
         for mc, e in info["metrics"].items():
             if mc.startswith("dice_"):
@@ -44,10 +52,14 @@ def _print_headline(audit) -> None:
 
 
 def _cmd_train(args) -> int:
+    from ..data.manifest import refuse_overwriting_inputs
     from ..data.readers import open_cohort
     from ..training import TrainConfig, model_config_for, train_job
 
     cohort = open_cohort(args.cohort, metadata=args.metadata)
+    out = Path(args.out)
+    for path in (out, out.with_name(out.stem + ".log.csv")):
+        refuse_overwriting_inputs(path, cohort, also=[p for p in (args.metadata,) if p])
     config = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, loss=args.loss, fairness=args.fairness,
         group_attribute=args.group_attribute, attributes=parse_names(args.attributes), alpha=args.alpha,

@@ -3,10 +3,16 @@
 Images come back channel-first, ``(C, *spatial)`` float32; labels as ``(*spatial)`` int16
 class maps whose values are those named in ``Cohort.classes`` (FairSeg codes −1/−2 become
 rim = 1, cup = 2). NIfTI affines and voxel spacings (mm) are kept; 2D images get unit spacing.
+
+Every reader checks an array's shape from the file's header against a voxel limit
+(:func:`max_voxels`, environment variable ``FAIRSEG_MAX_VOXELS``) before decompressing it: a
+few hundred bytes of npz, PNG or NIfTI can claim gigabytes.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +21,7 @@ import nibabel as nib
 import numpy as np
 
 from ..errors import InputDataError
-from .atomic import atomic_path
+from .atomic import atomic_path, path_inside
 from .manifest import KEY_SEP, Cohort, split_channels
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -68,6 +74,58 @@ def strip_suffix(name: str) -> str:
     return name
 
 
+# --------------------------------------------------------------------------- size guard
+#: Default :func:`max_voxels`: 2**28 (268 M) elements, room for a 512 × 512 × 200 × 3 DCE volume.
+DEFAULT_MAX_VOXELS = 2 ** 28
+
+
+def max_voxels() -> int:
+    """The largest array (elements, channels included) a reader accepts from one file.
+
+    ``FAIRSEG_MAX_VOXELS`` in the environment overrides :data:`DEFAULT_MAX_VOXELS`.
+    """
+    raw = os.environ.get("FAIRSEG_MAX_VOXELS", "").strip()
+    if not raw:
+        return DEFAULT_MAX_VOXELS
+    try:
+        limit = int(raw)
+    except ValueError:
+        limit = 0
+    if limit <= 0:
+        raise InputDataError(None, f"FAIRSEG_MAX_VOXELS must be a positive whole number, got {raw!r}")
+    return limit
+
+
+def check_voxels(shape, source) -> None:
+    """Raise :class:`InputDataError` if an array of ``shape`` exceeds :func:`max_voxels`."""
+    shape = tuple(int(s) for s in shape)
+    n, limit = math.prod(shape), max_voxels()
+    if n > limit:
+        raise InputDataError(source, f"array of shape {shape} ({n} voxels) exceeds the limit of {limit} voxels; "
+                             "if the file is genuine, raise the limit with the environment variable "
+                             "FAIRSEG_MAX_VOXELS")
+
+
+def npz_shape(data, key: str) -> tuple[int, ...]:
+    """The shape of array ``key`` of an open ``np.load`` npz, read from its header alone."""
+    member = f"{key}.npy" if f"{key}.npy" in data.zip.namelist() else key
+    with data.zip.open(member) as fh:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape = np.lib.format.read_array_header_1_0(fh)[0]
+        elif version == (2, 0):
+            shape = np.lib.format.read_array_header_2_0(fh)[0]
+        else:  # 3.0: utf-8 field names; no public reader
+            shape = np.lib.format._read_array_header(fh, version)[0]
+    return tuple(shape)
+
+
+def npz_array(data, key: str, source) -> np.ndarray:
+    """``data[key]`` of an open npz, after checking its header's shape against :func:`max_voxels`."""
+    check_voxels(npz_shape(data, key), source)
+    return np.asarray(data[key])
+
+
 # --------------------------------------------------------------------------- raw readers
 def read_nifti(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Return ``(data, affine)`` of a NIfTI file; a clear error if it is missing or corrupt."""
@@ -76,6 +134,10 @@ def read_nifti(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         raise InputDataError(path, "file does not exist")
     try:
         img = nib.load(str(path))
+    except Exception as exc:  # nibabel raises many types for truncated / non-NIfTI files
+        raise InputDataError(path, f"not a readable NIfTI file ({type(exc).__name__}: {exc})") from exc
+    check_voxels(img.shape, path)
+    try:
         data = np.asanyarray(img.dataobj)
     except Exception as exc:  # nibabel raises many types for truncated / non-NIfTI files
         raise InputDataError(path, f"not a readable NIfTI file ({type(exc).__name__}: {exc})") from exc
@@ -90,8 +152,12 @@ def read_image2d(path: str | Path) -> np.ndarray:
     if not path.is_file():
         raise InputDataError(path, "file does not exist")
     try:
-        with Image.open(path) as im:
+        with Image.open(path) as im:  # reads the header only
+            bands = len(im.getbands())
+            check_voxels((im.height, im.width, *((bands,) if bands > 1 else ())), path)
             return np.asarray(im)
+    except Image.DecompressionBombError as exc:  # Pillow's own limit (~179 M pixels) came first
+        raise InputDataError(path, f"image too large to read safely ({exc})") from exc
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise InputDataError(path, f"not a readable image ({exc})") from exc
 
@@ -113,7 +179,7 @@ def read_npz_array(ref: str) -> np.ndarray:
                 if alt is None:
                     raise InputDataError(path, f"npz has no array {key!r} (it holds {keys})")
                 key = alt
-            return np.asarray(data[key])
+            return npz_array(data, key, path)
     except InputDataError:
         raise
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
@@ -238,18 +304,23 @@ def load_case(cohort: Cohort, case_id: str) -> CaseData:
 
 # --------------------------------------------------------------------------- predictions
 def prediction_path(cohort: Cohort, pred_dir: str | Path, case_id: str) -> Path:
-    """Where a prediction of ``case_id`` lives: ``<dir>/<case_id>`` + the cohort's suffix."""
-    pred_dir = Path(pred_dir)
+    """Where a prediction of ``case_id`` lives: ``<dir>/<case_id>`` + the cohort's suffix.
+
+    Raises
+    ------
+    InputDataError
+        ``case_id`` would place the file outside ``pred_dir`` (``../x``, an absolute path).
+    """
     if cohort.kind in ("fairseg", "fairdomain"):
-        return pred_dir / f"{case_id}.npz"
+        return path_inside(pred_dir, f"{case_id}.npz")
     if cohort.kind == "image2d":
         for suf in IMAGE2D_SUFFIXES:
-            if (pred_dir / f"{case_id}{suf}").is_file():
-                return pred_dir / f"{case_id}{suf}"
-        return pred_dir / f"{case_id}.png"
-    if (pred_dir / f"{case_id}.nii").is_file():
-        return pred_dir / f"{case_id}.nii"
-    return pred_dir / f"{case_id}.nii.gz"
+            if (path := path_inside(pred_dir, f"{case_id}{suf}")).is_file():
+                return path
+        return path_inside(pred_dir, f"{case_id}.png")
+    if (path := path_inside(pred_dir, f"{case_id}.nii")).is_file():
+        return path
+    return path_inside(pred_dir, f"{case_id}.nii.gz")
 
 
 def label_key(cohort: Cohort, case_id: str) -> str:

@@ -23,6 +23,7 @@ from .arrays import (
     NPZ_IMAGE_KEYS,
     NPZ_LABEL_KEYS,
     load_case,
+    npz_array,
     read_image2d,
     read_nifti,
     to_class_map,
@@ -193,7 +194,9 @@ def file_layers(path: str | Path) -> list[LayerData]:
     if name.lower().endswith(".npz"):
         try:
             with np.load(path, allow_pickle=False) as npz:
-                arrays = {k: np.asarray(npz[k]) for k in npz.keys()}
+                arrays = {k: npz_array(npz, k, path) for k in npz.keys()}
+        except InputDataError:
+            raise
         except Exception as exc:  # noqa: BLE001 - zip, pickle and OS errors alike
             raise InputDataError(path, f"not a readable .npz file ({exc})") from exc
         img_key = next((k for keys in NPZ_IMAGE_KEYS.values() for k in keys if k in arrays), None)

@@ -7,18 +7,23 @@ A manifest is a CSV with the columns ``case_id``, ``image``, ``label`` (optional
 ``image`` holds one path, several paths joined by ``;`` (channels, e.g. MAMA-MIA phases), or
 ``file.npz#key`` for an array inside an ``.npz``. Paths are written relative to the manifest.
 Missing attribute values mean *unknown*.
+
+A :class:`Cohort` is the one boundary every case table crosses (manifests, dataset folders,
+metadata joins), so it is where case ids are checked to be plain file names (they name every
+output file: predictions, maps, annotations) and attribute names to be printable.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from ..errors import InputDataError
-from .atomic import write_text_atomic
+from .atomic import restore_formulas, write_csv_atomic, write_text_atomic
 
 RESERVED_COLUMNS = ("case_id", "image", "label", "split")
 #: Identifier columns kept in the manifest but never audited as attributes.
@@ -27,6 +32,10 @@ KINDS = ("nifti", "image2d", "fairseg", "fairdomain", "mamamia")
 SPLITS = ("train", "val", "test", "pool")
 CHANNEL_SEP = ";"
 KEY_SEP = "#"
+#: Longest case id / attribute name: ids name files, and most file systems stop at 255 bytes.
+MAX_NAME_LENGTH = 128
+#: A case id: letters, digits, ``-``, ``_`` and ``.``, not starting with ``.`` or ``-``.
+CASE_ID_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*\Z")
 
 #: Class definitions by kind: class name -> label values that make up the class.
 FUNDUS_CLASSES = {"cup": (2,), "rim": (1,), "disc": (1, 2)}
@@ -100,6 +109,16 @@ class Cohort:
                     missing.append((cid, path))
         return missing
 
+    def input_files(self) -> list[Path]:
+        """Every file the cohort reads: its manifest and sidecar, images and labels."""
+        files = []
+        if self.source is not None and Path(self.source).is_file():
+            files += [Path(self.source), sidecar_path(self.source)]
+        for img, lab in self.cases[["image", "label"]].itertuples(index=False):
+            for ref in [*split_channels(img), *([lab] if isinstance(lab, str) and lab else [])]:
+                files.append(Path(ref.split(KEY_SEP, 1)[0]))
+        return files
+
     def check_files(self) -> None:
         """Raise an :class:`InputDataError` listing missing files, if any."""
         missing = self.missing_files()
@@ -114,6 +133,41 @@ def split_channels(image_ref: str) -> list[str]:
     return [p for p in str(image_ref).split(CHANNEL_SEP) if p]
 
 
+def _row_name(i: int, source) -> str:
+    """How an error names row ``i`` of a case table: its CSV line, or its row number."""
+    if source is not None and str(source).lower().endswith(".csv"):
+        return f"line {i + 2} of {Path(source).name}"
+    return f"row {i + 1}"
+
+
+def check_case_ids(ids: pd.Series, *, source=None) -> None:
+    """Raise unless every case id is a plain file name of at most :data:`MAX_NAME_LENGTH` characters.
+
+    Case ids name output files (``<out>/<case_id>.nii.gz``): ``../x``, ``/abs/x`` or ``a/../x``
+    would write outside the output folder.
+    """
+    for i, cid in enumerate(ids):
+        if len(cid) > MAX_NAME_LENGTH:
+            raise InputDataError(source, f"case id {cid[:40]!r}... in {_row_name(i, source)} is {len(cid)} "
+                                 f"characters long; at most {MAX_NAME_LENGTH} are allowed (ids name files)")
+        if not CASE_ID_PATTERN.match(cid):
+            raise InputDataError(source, f"case id {cid!r} in {_row_name(i, source)} is not a plain file name: "
+                                 "use letters, digits, '-', '_', '.' (not first)")
+
+
+def check_attribute_names(names, *, source=None) -> None:
+    """Raise unless every attribute name is printable text of at most :data:`MAX_NAME_LENGTH` characters.
+
+    Any other character is allowed: file names built from attributes go through
+    :func:`~.atomic.file_stem`, and reports escape them.
+    """
+    for name in names:
+        text = str(name)
+        if not text.strip() or len(text) > MAX_NAME_LENGTH or not text.isprintable():
+            raise InputDataError(source, f"attribute (column) name {text[:40]!r} is empty, longer than "
+                                 f"{MAX_NAME_LENGTH} characters or holds control characters; rename the column")
+
+
 def validate_cases(cases: pd.DataFrame, *, source=None) -> pd.DataFrame:
     """Check a case table and return a normalised copy.
 
@@ -121,7 +175,8 @@ def validate_cases(cases: pd.DataFrame, *, source=None) -> pd.DataFrame:
     ------
     InputDataError
         Missing ``case_id``/``image`` columns, empty or duplicate case ids (also ids equal up to
-        case, which a case-insensitive join could not tell apart), or an unknown split.
+        case, which a case-insensitive join could not tell apart), a case id that is not a plain
+        file name (see :func:`check_case_ids`), a bad attribute name, or an unknown split.
     """
     for col in ("case_id", "image"):
         if col not in cases.columns:
@@ -134,6 +189,8 @@ def validate_cases(cases: pd.DataFrame, *, source=None) -> pd.DataFrame:
     if df["case_id"].isna().any() or (df["case_id"] == "").any():
         rows = df.index[df["case_id"].isna() | (df["case_id"] == "")].tolist()
         raise InputDataError(source, f"empty case_id in row(s) {[r + 2 for r in rows][:10]} (CSV line numbers)")
+    check_case_ids(df["case_id"], source=source)
+    check_attribute_names([c for c in df.columns if c not in RESERVED_COLUMNS], source=source)
     folded = df["case_id"].str.lower()
     dup = folded[folded.duplicated(keep=False)]
     if len(dup):
@@ -200,7 +257,7 @@ def write_manifest(cohort: Cohort, path: str | Path) -> Path:
         "attributes": cohort.attributes,
         "notes": cohort.notes,
     }
-    write_text_atomic(path, df.to_csv(index=False))
+    write_csv_atomic(path, df)
     write_text_atomic(sidecar_path(path), json.dumps(info, indent=2) + "\n")
     return path
 
@@ -233,6 +290,7 @@ def read_manifest(path: str | Path, *, check_files: bool = True) -> Cohort:
                          keep_default_na=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise InputDataError(path, f"not a readable CSV manifest ({exc})") from exc
+    df = restore_formulas(df)  # cells written as '=... by write_manifest
     base = path.parent
     for col in ("image", "label"):
         if col in df.columns:
@@ -252,6 +310,29 @@ def read_manifest(path: str | Path, *, check_files: bool = True) -> Cohort:
     if check_files:
         cohort.check_files()
     return cohort
+
+
+def refuse_overwriting_inputs(out: str | Path, cohort: Cohort, *, also=()) -> None:
+    """Raise before a job writes to ``out`` if that would overwrite what it reads.
+
+    ``out`` (an output folder or file) must not be an input file of ``cohort`` (manifest,
+    sidecar, images, labels) or of ``also``, must not hold one at any depth, and must not be
+    the cohort's folder. Call it before any work, as ``predict_pool_job`` and the CLI do.
+
+    Raises
+    ------
+    InputDataError
+        Naming ``out`` and the first input it would overwrite.
+    """
+    target = Path(out).resolve()
+    if cohort.source is not None and Path(cohort.source).resolve() == target:
+        raise InputDataError(out, "is the cohort's own folder: writing there would overwrite or mix with its "
+                             "files; choose an output folder outside the cohort")
+    hits = [p for p in (*cohort.input_files(), *map(Path, also))
+            if p.resolve().is_relative_to(target)]
+    if hits:
+        raise InputDataError(out, f"writing here would overwrite the inputs: {len(hits)} input file(s) lie in it, "
+                             f"e.g. {hits[0]}; choose an output folder outside the cohort's files")
 
 
 def read_table(path: str | Path, *, sheet: str | int | None = None) -> pd.DataFrame:

@@ -22,7 +22,14 @@ import pandas as pd
 
 from ..errors import InputDataError
 from . import attributes as attr
-from .arrays import IMAGE2D_SUFFIXES, NIFTI_SUFFIXES, NPZ_IMAGE_KEYS, NPZ_LABEL_KEYS, strip_suffix
+from .arrays import (
+    IMAGE2D_SUFFIXES,
+    NIFTI_SUFFIXES,
+    NPZ_IMAGE_KEYS,
+    NPZ_LABEL_KEYS,
+    npz_shape,
+    strip_suffix,
+)
 from .layers import LABEL_TAGS
 from .manifest import Cohort, join_metadata, read_manifest, read_table
 
@@ -187,6 +194,14 @@ def _split_from_parent(p: Path) -> str | None:
     return None
 
 
+def _scalar(data, key: str, source):
+    """A one-element array of an open npz as a Python value, its shape checked before it is read."""
+    shape = npz_shape(data, key)
+    if int(np.prod(shape)) != 1:
+        raise InputDataError(source, f"attribute {key!r} is not a scalar (shape {shape})")
+    return np.asarray(data[key]).item()
+
+
 def _read_fairseg(folder: Path, modality: str, classes, *, fairdomain: bool) -> Cohort:
     files = sorted((p for p in folder.rglob("*.npz") if p.is_file()), key=lambda p: (p.name, str(p)))
     if not files:
@@ -210,13 +225,11 @@ def _read_fairseg(folder: Path, modality: str, classes, *, fairdomain: bool) -> 
                 for name, aliases in attr.FAIRSEG_ATTRIBUTE_KEYS.items():
                     key = next((k for k in aliases if k in keys), None)
                     if key is not None:
-                        value = np.asarray(data[key])
-                        if value.size != 1:
-                            raise InputDataError(f, f"attribute {key!r} is not a scalar (shape {value.shape})")
-                        raw_codes.setdefault(name, set()).add(value.item())
-                        row[name] = value.item()
+                        value = _scalar(data, key, f)
+                        raw_codes.setdefault(name, set()).add(value)
+                        row[name] = value
                 if "pid" in keys:
-                    row["pid"] = str(np.asarray(data["pid"]).item())
+                    row["pid"] = str(_scalar(data, "pid", f))
         except InputDataError:
             raise
         except Exception as exc:

@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from ..data.arrays import CaseData, load_image, prediction_path, save_label
-from ..data.atomic import atomic_path
-from ..data.manifest import Cohort
+from ..data.atomic import atomic_path, path_inside, write_csv_atomic
+from ..data.manifest import Cohort, refuse_overwriting_inputs
 from ..errors import InputDataError
 from ..models.checkpoint import Checkpoint, check_compatible
 from ..models.networks import ModelConfig, pad_to_divisible, size_divisor
@@ -328,7 +328,9 @@ def predict_pool_job(cohort: Cohort, predictor: Predictor, case_ids: Sequence[st
         Cases to predict (default: all).
     out_dir : path, optional
         Write ``<case_id>`` predictions in the cohort's format and uncertainty maps under
-        ``<out_dir>/maps`` (NIfTI with the source affine, or npz), plus ``scores.csv``.
+        ``<out_dir>/maps`` (NIfTI with the source affine, or npz), plus ``scores.csv``. A folder
+        that is the cohort's own or holds any of its input files is refused before any work
+        (:func:`~napari_fairseg.data.manifest.refuse_overwriting_inputs`).
     keep : bool
         Return every :class:`CasePrediction` in memory (for the viewer and active learning).
     checkpoint : Checkpoint, optional
@@ -342,6 +344,8 @@ def predict_pool_job(cohort: Cohort, predictor: Predictor, case_ids: Sequence[st
     bs = predictor.settings.batch_size
     batches = [ids[i:i + bs] for i in range(0, len(ids), bs)]
     out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        refuse_overwriting_inputs(out, cohort)
     rows, kept = [], {}
     yield Progress("predict", 0, len(ids), f"on {predictor.device_name}")
     if not batches:
@@ -378,17 +382,19 @@ def predict_pool_job(cohort: Cohort, predictor: Predictor, case_ids: Sequence[st
             yield Progress("predict", done, len(ids), batches[b][-1])
     scores = pd.DataFrame(rows)
     if out is not None and not scores.empty:
-        with atomic_path(out / "scores.csv") as tmp:
-            scores.to_csv(tmp, index=False)
+        write_csv_atomic(out / "scores.csv", scores)
     return PoolResult(scores, kept, predictor.device_name, time.perf_counter() - t0)
 
 
 def map_path(cohort: Cohort, out_dir: str | Path, case_id: str, name: str | None = None) -> Path:
-    """Where a case's uncertainty maps go: ``maps/<case_id>_<name>.nii.gz`` or ``maps/<case_id>.npz``."""
+    """Where a case's uncertainty maps go: ``maps/<case_id>_<name>.nii.gz`` or ``maps/<case_id>.npz``.
+
+    Raises :class:`~napari_fairseg.errors.InputDataError` if ``case_id`` would leave ``maps/``.
+    """
     maps = Path(out_dir) / "maps"
     if cohort.kind in ("nifti", "mamamia"):
-        return maps / f"{case_id}_{name}.nii.gz"
-    return maps / f"{case_id}.npz"
+        return path_inside(maps, f"{case_id}_{name}.nii.gz")
+    return path_inside(maps, f"{case_id}.npz")
 
 
 def write_case_outputs(cohort: Cohort, out_dir: str | Path, case: CaseData, pred: CasePrediction, *,
@@ -408,10 +414,10 @@ def write_case_outputs(cohort: Cohort, out_dir: str | Path, case: CaseData, pred
     if cohort.kind in ("nifti", "mamamia"):
         for name, arr in arrays.items():
             data = np.moveaxis(arr, 0, -1) if arr.ndim == 4 else arr  # (K, *S) → (*S, K)
-            with atomic_path(map_path(cohort, out, case.case_id, name)) as tmp:
+            with atomic_path(map_path(cohort, out, case.case_id, name), root=out) as tmp:
                 nib.save(nib.Nifti1Image(data, case.affine), str(tmp))
     else:
-        with atomic_path(map_path(cohort, out, case.case_id)) as tmp, open(tmp, "wb") as fh:
+        with atomic_path(map_path(cohort, out, case.case_id), root=out) as tmp, open(tmp, "wb") as fh:
             np.savez_compressed(fh, **arrays)
     return path
 

@@ -125,16 +125,45 @@ def load_checkpoint(path: str | Path, *, with_train_state: bool = False) -> Chec
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise InputDataError(path, "not a napari-fairseg checkpoint (no 'format' marker); "
                              "train one with `fairseg train`")
-    if int(payload.get("format_version", 0)) > FORMAT_VERSION:
-        raise InputDataError(path, f"checkpoint format {payload['format_version']} is newer than this "
+    version = payload.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise InputDataError(path, f"checkpoint 'format_version' must be a whole number, found {type(version).__name__}")
+    if version > FORMAT_VERSION:
+        raise InputDataError(path, f"checkpoint format {version} is newer than this "
                              f"napari-fairseg ({FORMAT_VERSION}); upgrade the package")
+    config_dict = _json_object(payload, "config", path, required=True)
     try:
-        config = ModelConfig.from_dict(json.loads(payload["config"]))
-        meta = json.loads(payload.get("meta") or "{}")
+        config = ModelConfig.from_dict(config_dict)
     except (KeyError, ValueError, TypeError) as exc:
-        raise InputDataError(path, f"checkpoint metadata is invalid: {exc}") from exc
-    return Checkpoint(config, meta, payload.get("state_dict"),
-                      payload.get("train_state") if with_train_state else None, path)
+        raise InputDataError(path, f"checkpoint 'config' is invalid: {exc}") from exc
+    meta = _json_object(payload, "meta", path)
+    state_dict = payload.get("state_dict")
+    if state_dict is not None and not (isinstance(state_dict, dict) and all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state_dict.items())):
+        raise InputDataError(path, "checkpoint 'state_dict' must map parameter names to tensors, found "
+                             f"{type(state_dict).__name__}")
+    train_state = payload.get("train_state") if with_train_state else None
+    if train_state is not None and not isinstance(train_state, dict):
+        raise InputDataError(path, f"checkpoint 'train_state' must be a dict, found {type(train_state).__name__}")
+    return Checkpoint(config, meta, state_dict, train_state, path)
+
+
+def _json_object(payload: dict, key: str, path: Path, *, required: bool = False) -> dict:
+    """``payload[key]``, a JSON text of an object, decoded; a clear error naming the file otherwise."""
+    text = payload.get(key)
+    if text is None or (text == "" and not required):
+        if required:
+            raise InputDataError(path, f"checkpoint has no {key!r} entry")
+        return {}
+    if not isinstance(text, str):
+        raise InputDataError(path, f"checkpoint {key!r} must be a JSON text, found {type(text).__name__}")
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise InputDataError(path, f"checkpoint {key!r} is not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise InputDataError(path, f"checkpoint {key!r} must be a JSON object, found {type(value).__name__}")
+    return value
 
 
 def cohort_label_values(cohort: Cohort) -> tuple[int, ...]:

@@ -28,6 +28,8 @@ from ..metrics.subgroups import discover_subgroups, intersection_table
 from ..progress import Job, Progress
 
 HD_MODES = ("mm", "voxel", "none")
+#: Columns of ``groups.csv`` (also when the cohort has no attributes and the table is empty).
+GROUP_COLUMNS = ("attribute", "metric", "group", "known", "n", "n_nan", "mean", "std", "ci_low", "ci_high", "small")
 
 
 @dataclass(frozen=True)
@@ -153,7 +155,7 @@ def audit_job(cohort: Cohort, predictions: str | Path, config: AuditConfig = Aud
             group_frames.append(t)
             summary_attrs[a]["metrics"][mc] = _jsonable(equity_summary(values, discrete[a], ddof=config.std_ddof))
         yield Progress("groups", j + 1, len(attrs), a)
-    groups = pd.concat(group_frames, ignore_index=True) if group_frames else pd.DataFrame()
+    groups = pd.concat(group_frames, ignore_index=True) if group_frames else pd.DataFrame(columns=GROUP_COLUMNS)
 
     dice_cols = [c for c in metric_cols if c.startswith("dice_")]
     table = pd.DataFrame({**discrete, **{c: per_case[c].reset_index(drop=True) for c in dice_cols}})
@@ -224,23 +226,31 @@ def _jsonable(obj):
 
 
 def write_audit(audit: Audit, out_dir: str | Path) -> dict[str, Path]:
-    """Write the audit's tables, summary, heatmaps and HTML report; return the paths by name."""
-    from ..data.atomic import write_text_atomic
+    """Write the audit's tables, summary, heatmaps and HTML report; return the paths by name.
+
+    Heatmap file names use a file-safe form of the attribute names (:func:`~..data.atomic.file_stem`),
+    and every file is checked to land inside ``out_dir``.
+    """
+    from ..data.atomic import file_stem, path_inside, write_csv_atomic, write_text_atomic
     from .figures import save_heatmap
     from .html import render_report
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {
-        "per_case": write_text_atomic(out / "per_case.csv", audit.per_case.to_csv(index=False)),
-        "groups": write_text_atomic(out / "groups.csv", audit.groups.to_csv(index=False)),
-        "subgroups": write_text_atomic(out / "subgroups.csv", audit.subgroups.to_csv(index=False)),
+        "per_case": write_csv_atomic(out / "per_case.csv", audit.per_case),
+        "groups": write_csv_atomic(out / "groups.csv", audit.groups),
+        "subgroups": write_csv_atomic(out / "subgroups.csv", audit.subgroups),
         "summary": write_text_atomic(out / "summary.json", json.dumps(audit.summary, indent=2, allow_nan=False) + "\n"),
     }
     primary = next(c for c in audit.per_case.columns if c.startswith("dice_"))
+    heatmaps, used = {}, set()
     for (a, b), (mean, count) in audit.heatmaps.items():
-        paths[f"heatmap_{a}_x_{b}"] = save_heatmap(mean, count, out / f"heatmap_{a}_x_{b}.png",
-                                                    metric=primary, row_label=a, col_label=b,
-                                                    min_size=audit.summary["config"]["min_group_size"])
-    paths["report"] = write_text_atomic(out / "report.html", render_report(audit, {k: p for k, p in paths.items() if k.startswith("heatmap_")}))
+        stem = f"heatmap_{file_stem(a, fallback='attribute')}_x_{file_stem(b, fallback='attribute')}"
+        name = next(f"{stem}{f'_{k}' if k else ''}" for k in range(len(used) + 1) if f"{stem}{f'_{k}' if k else ''}" not in used)
+        used.add(name)
+        heatmaps[(a, b)] = save_heatmap(mean, count, path_inside(out, f"{name}.png"), metric=primary,
+                                        row_label=a, col_label=b, min_size=audit.summary["config"]["min_group_size"])
+        paths[name] = heatmaps[(a, b)]
+    paths["report"] = write_text_atomic(out / "report.html", render_report(audit, heatmaps))
     return paths

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..data.arrays import load_case, load_image
-from ..data.atomic import atomic_path
+from ..data.atomic import write_csv_atomic
 from ..data.attributes import bin_continuous
 from ..data.manifest import Cohort
 from ..errors import FairSegError, InputDataError
@@ -270,8 +270,7 @@ def _synthetic(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def _write_log(path: Path | None, rows: list[dict]) -> None:
     if path is None:
         return
-    with atomic_path(path) as tmp:
-        pd.DataFrame(rows).to_csv(tmp, index=False)
+    write_csv_atomic(path, pd.DataFrame(rows))
 
 
 def discrete_attributes(cohort: Cohort) -> pd.DataFrame:
