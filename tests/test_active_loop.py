@@ -1,7 +1,5 @@
 """The active-learning round loop, embeddings, the simulated experiment and their commands."""
 
-import warnings
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -148,7 +146,7 @@ def test_every_strategy_runs_a_round(tmp_path, al_cohort):
     assert project.rounds()["trained"].sum() == 1  # one model served every strategy
 
 
-def test_encoder_embeddings_and_a_torchscript_encoder(tmp_path, al_cohort):
+def test_encoder_embeddings_and_foreign_encoder_files(tmp_path, al_cohort):
     config = model_config_for(al_cohort, network="unet", features=(8, 16, 32))
     torch.manual_seed(0)
     model = build_network(config)
@@ -159,28 +157,14 @@ def test_encoder_embeddings_and_a_torchscript_encoder(tmp_path, al_cohort):
     np.testing.assert_allclose(emb[ids[0]], again[ids[0]])
     assert not np.allclose(emb[ids[0]], emb[ids[1]])
     assert all(len(m._forward_hooks) == 0 for m in model.modules())  # hooks removed afterwards
-
-    class Moments(torch.nn.Module):
-        def forward(self, x):
-            return torch.stack([x.mean(dim=(2, 3)), x.std(dim=(2, 3))], dim=1)[:, :, 0]
-
-    from napari_fairseg.data.arrays import load_image
-    from napari_fairseg.models.preprocess import normalise_intensity
-
-    x = normalise_intensity(load_image(al_cohort, ids[0]).image, config.intensity)
-    exported = tmp_path / "enc.pt2"
-    torch.export.save(torch.export.export(Moments(), (torch.from_numpy(x)[None],)), str(exported))
-    scripted = tmp_path / "enc.pt"
-    with warnings.catch_warnings():  # TorchScript is deprecated in torch 2.13, still read
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.jit.save(torch.jit.script(Moments()), str(scripted))
-    for path in (exported, scripted):
-        enc = run_job(embeddings_job(al_cohort, ids, model=model, config=config, encoder=path))
-        np.testing.assert_allclose(enc[ids[0]], [x.mean(), x.std(ddof=1)], rtol=1e-4, atol=1e-6)
-    for name in ("not_an_encoder.pt", "not_an_encoder.pt2"):
+    # encoder files: only FairSeg checkpoints (tests/test_project_safety.py), never code
+    for name, why in (("not_an_encoder.pt", "refused to load|not a readable checkpoint"),
+                      ("not_an_encoder.pt2", "refused: TorchScript/ExportedProgram"),
+                      ("missing.pt", "encoder file not found")):
         bad = tmp_path / name
-        bad.write_bytes(b"plain bytes")
-        with pytest.raises(InputDataError, match="not an image encoder"):
+        if name != "missing.pt":
+            bad.write_bytes(b"plain bytes")
+        with pytest.raises(InputDataError, match=why):
             run_job(embeddings_job(al_cohort, ids, model=model, config=config, encoder=bad))
 
 

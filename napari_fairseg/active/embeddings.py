@@ -7,16 +7,20 @@ pluggable (METHODS §5):
               average-pooled: a forward hook on every convolution keeps the output with the
               smallest spatial size (the bottleneck of a U-Net, the last encoder stage of
               SegResNet / SwinUNETR). One forward pass per case.
-a file path   a local image encoder that maps a normalised image ``(1, C, *S)`` to ``(1, D)``
-              or to a feature map ``(1, D, *S')`` (pooled the same way): a ``.pt2`` file from
-              ``torch.export.save`` (an exported program for the cohort's image size), or a
-              TorchScript file from ``torch.jit.save`` (deprecated by PyTorch, still read).
-              Neither format holds pickled Python, so loading one runs no arbitrary code.
+a file path   a FairSeg checkpoint (``fairseg train``, or a round's ``models/round_*.pt``) of
+              another network: the network named in it is built from our own registry
+              (:mod:`napari_fairseg.models`), its weights read with ``weights_only=True``, and its
+              bottleneck features used the same way, with its own normalisation.
+
+Files that carry code are refused, never loaded: TorchScript modules run their own code when
+loaded (``__setstate__``) and when called (``torch.from_file`` writes files), and loading a
+``torch.export`` ``.pt2`` unpickles its sample inputs without restriction when the safe load
+fails. A checkpoint is data only: the network's code is ours.
 """
 
 from __future__ import annotations
 
-import warnings
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,6 +31,7 @@ from torch import nn
 from ..data.arrays import load_image
 from ..data.manifest import Cohort
 from ..errors import InputDataError
+from ..models.checkpoint import Checkpoint, load_checkpoint
 from ..models.networks import ModelConfig, pad_to_divisible, size_divisor
 from ..models.preprocess import normalise_intensity
 from ..progress import Job, Progress
@@ -34,20 +39,41 @@ from ..progress import Job, Progress
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
-def load_encoder(path: str | Path, device: torch.device | str = "cpu"):
-    """A local image encoder from ``path``: ``.pt2`` (``torch.export``) or TorchScript."""
+CODE_REFUSED = ("refused: TorchScript/ExportedProgram files can run code when loaded; give a FairSeg "
+                "checkpoint (.pt) instead")
+
+
+def load_encoder(path: str | Path) -> Checkpoint:
+    """The encoder checkpoint at ``path``, read as data only (the network is built by the caller).
+
+    Raises
+    ------
+    InputDataError
+        The file is missing, is a TorchScript or ``torch.export`` archive (refused unopened:
+        either can run code), holds pickled Python objects, or is not a FairSeg checkpoint.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputDataError(path, "encoder file not found")
+    if path.suffix == ".pt2" or _carries_code(path):
+        raise InputDataError(path, CODE_REFUSED)
+    ckpt = load_checkpoint(path)  # weights_only=True: refuses pickled objects
+    if ckpt.state_dict is None:
+        raise InputDataError(path, "the checkpoint holds no weights to encode with")
+    return ckpt
+
+
+def _carries_code(path: Path) -> bool:
+    """Whether ``path`` is a TorchScript or ``torch.export`` archive (read as a zip listing only)."""
+    if not zipfile.is_zipfile(path):
+        return False
     try:
-        if path.suffix == ".pt2":
-            return torch.export.load(str(path)).module().to(device)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated, still valid
-            return torch.jit.load(str(path), map_location=device).eval()
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for foreign files
-        raise InputDataError(path, f"not an image encoder ({type(exc).__name__}: {exc}); save one with "
-                             "torch.export.save(torch.export.export(module, (example,)), 'encoder.pt2')") from exc
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+    marks = ("constants.pkl", "archive_format", "serialized_exported_program.json", "model.json")
+    return any(n.rsplit("/", 1)[-1] in marks or "/code/" in n for n in names)
 
 
 def _pool(features: torch.Tensor) -> torch.Tensor:
@@ -77,39 +103,40 @@ class _Bottleneck:
 
 def embeddings_job(cohort: Cohort, case_ids: Sequence[str], *, model: nn.Module, config: ModelConfig,
                    encoder: str | Path = "encoder", device: torch.device | str = "cpu") -> Job[dict[str, np.ndarray]]:
-    """One embedding vector ``(D,)`` per case; yields progress per case.
+    """One embedding vector ``(D,)`` per case (the encoding network's pooled bottleneck); yields
+    progress per case.
 
-    Images are normalised as for the network, centre-cropped to its patch size when larger
-    (bounded memory on big volumes) and padded to its size divisor.
+    ``encoder`` is ``"encoder"`` (``model`` itself, configured by ``config``) or the path of a
+    FairSeg checkpoint (:func:`load_encoder`), whose own network and configuration are used.
+    Images are normalised as for the encoding network, centre-cropped to its patch size when
+    larger (bounded memory on big volumes) and padded to its size divisor.
     """
     device = torch.device(device)
-    net = model if encoder == "encoder" else load_encoder(encoder, device)
-    hooks = _Bottleneck(model) if encoder == "encoder" else None
+    if str(encoder) != "encoder":
+        ckpt = load_encoder(encoder)
+        config = ckpt.config
+        model = ckpt.build(device)
+    hooks = _Bottleneck(model)
     out: dict[str, np.ndarray] = {}
     was_training = model.training
     model.eval()
     try:
         for i, cid in enumerate(case_ids):
             x = normalise_intensity(load_image(cohort, cid).image, config.intensity, source=cid)
+            if x.ndim - 1 != config.spatial_dims or x.shape[0] != config.in_channels:
+                raise InputDataError(encoder, f"the encoder takes {config.in_channels}-channel {config.spatial_dims}D "
+                                     f"images but case {cid} is {x.shape[0]}-channel {x.ndim - 1}D")
             if config.patch_size is not None:
                 sl = [slice(max(0, (s - p) // 2), max(0, (s - p) // 2) + p)
                       for s, p in zip(x.shape[1:], config.patch_size, strict=True)]
                 x = x[(slice(None), *sl)]
-            t = torch.from_numpy(np.ascontiguousarray(x))[None]
-            if hooks is not None:
-                t = pad_to_divisible(t, size_divisor(config))[0]
+            t = pad_to_divisible(torch.from_numpy(np.ascontiguousarray(x))[None], size_divisor(config))[0]
             with torch.no_grad():
-                res = net(t.to(device))
-            feats = hooks.best if hooks is not None else res
-            if not isinstance(feats, torch.Tensor) or feats.ndim < 2:
-                raise InputDataError(encoder, f"encoder returned {type(feats).__name__}, expected a tensor "
-                                     "(1, D) or (1, D, *S)")
-            out[cid] = _pool(feats.float())[0].cpu().numpy()
-            if hooks is not None:
-                hooks.best = None
+                model(t.to(device))
+            out[cid] = _pool(hooks.best.float())[0].cpu().numpy()
+            hooks.best = None
             yield Progress("embed", i + 1, len(case_ids), cid)
     finally:
-        if hooks is not None:
-            hooks.close()
+        hooks.close()
         model.train(was_training)
     return out

@@ -79,7 +79,8 @@ class RoundConfig:
     roi_radius, mc_passes : int
         ROI dilation (voxels) of the masked scaled entropy; MC-dropout passes (``epistemic``).
     encoder : str
-        Embedding source of the fair-quota strategies: ``encoder`` or a TorchScript file.
+        Embedding source of the fair-quota strategies: ``encoder`` (this round's network) or a
+        FairSeg checkpoint file whose network's bottleneck features are used.
     n_candidates, lam : int, float
         Random batches tried by ``stochastic``; representativeness weight of ``fair-ap``.
     seed : int
@@ -213,9 +214,29 @@ def round_job(project: Project, config: RoundConfig = RoundConfig(), *, train: b
         cycle of a simulation).
     model : Checkpoint, path or bundled name, optional
         This round's model (no training unless ``train=True``, which fine-tunes it).
+
+    The round's id is reserved first (:meth:`~.project.Project.reserve_round`), so concurrent
+    rounds on one project get distinct ids and model files; a round that fails or is cancelled
+    gives its id back and removes the model file it created.
     """
-    started, t0 = utc_now(), time.perf_counter()
-    rid = project.next_round_id()
+    started = utc_now()
+    rid = project.reserve_round(started)
+    claimed: list[Path] = []
+    try:
+        return (yield from _round(project, config, rid, started, claimed, train=train, suggest=suggest,
+                                  model=model))
+    except BaseException:
+        for path in claimed:
+            path.unlink(missing_ok=True)
+        project.release_round(rid)
+        raise
+
+
+def _round(project: Project, config: RoundConfig, rid: int, started: str, claimed: list[Path], *,
+           train: bool | None, suggest: bool, model: Checkpoint | str | Path | None) -> Job[RoundResult]:
+    """The body of :func:`round_job` for the reserved round ``rid`` (model files it creates are
+    appended to ``claimed``)."""
+    t0 = time.perf_counter()
     # latest annotations (checksummed once); cases without one keep the cohort's own label, which
     # only the held-out split reads: training and WLE take the labelled ids from the project
     cohort = project.working_cohort(cohort_labels=True)
@@ -248,9 +269,10 @@ def round_job(project: Project, config: RoundConfig = RoundConfig(), *, train: b
     if must_train and not labelled:
         raise InputDataError(project.root, f"no labelled case in split {config.pool_split!r} to train on; label "
                              "some first (fairseg label) or start from a model (--model)")
-    ckpt_path = project.root / "models" / f"round_{rid:04d}.pt"
     t_train = time.perf_counter()
     if must_train:
+        ckpt_path = project.claim_round_model(rid)  # created exclusively: never another round's file
+        claimed.append(ckpt_path)
         init = start
         if init is None and config.warm_start and prev_ckpt is not None and prev_ckpt.is_file():
             init = load_checkpoint(prev_ckpt)
@@ -320,7 +342,7 @@ def round_job(project: Project, config: RoundConfig = RoundConfig(), *, train: b
     metrics.update(train_seconds=round(train_s, 3), eval_seconds=round(eval_s, 3),
                    score_seconds=round(time.perf_counter() - t_score, 3),
                    seconds=round(time.perf_counter() - t0, 3))
-    rid = project.record_round(started=started, strategy=config.strategy if suggest else None,
-                               batch=config.batch if suggest else None, checkpoint=ckpt_path, metrics=metrics,
-                               suggestions=suggestions)
+    project.record_round(started=started, strategy=config.strategy if suggest else None,
+                         batch=config.batch if suggest else None, checkpoint=ckpt_path, metrics=metrics,
+                         suggestions=suggestions, round_id=rid)
     return RoundResult(rid, metrics, suggestions, pool, evaluation, ckpt_path, labelled_dice)

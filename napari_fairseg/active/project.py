@@ -8,17 +8,25 @@ Layout::
 
 Nothing is overwritten: every saved annotation is a new version with author, time, sha256 and
 source (``human``, ``model`` pre-fill accepted as is, ``imported``). A save writes the file
-atomically (temporary file + rename) and then records it in one transaction, so a process
-killed at any moment leaves the database readable and every recorded version intact; a file
-whose transaction never committed is an orphan that reopening ignores.
+under a unique temporary name, then, inside one write transaction, reserves the next version
+number, gives the complete file its version's name with a hard link (which fails rather than
+replace an existing file) and records it. Two writers on one case therefore get two versions,
+and a process killed at any moment leaves the database readable and every recorded version
+intact; a file whose transaction never committed is an orphan that reopening ignores. A
+round's model name is reserved the same way (:meth:`Project.reserve_round`,
+:meth:`Project.claim_round_model`).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import itertools
 import json
+import os
 import sqlite3
+import uuid
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -26,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.arrays import label_key, load_image, load_label_file, prediction_path, save_label
-from ..data.atomic import write_text_atomic
+from ..data.atomic import FILE_MODE, write_text_atomic
 from ..data.manifest import KEY_SEP, Cohort, write_manifest
 from ..data.readers import open_cohort
 from ..errors import InputDataError
@@ -73,11 +81,14 @@ class Project:
     # ------------------------------------------------------------------ lifecycle
     @classmethod
     def create(cls, root: str | Path, cohort: Cohort, *, import_labels: bool = False,
-               author: str = "import") -> Project:
-        """A new project on ``cohort`` (its manifest path is recorded, its cases imported).
+               author: str = "import", metadata: str | Path | None = None) -> Project:
+        """A new project on ``cohort`` (its path is recorded, its cases imported).
 
-        With ``import_labels`` the cohort's existing labels become version 1 (source
-        ``imported``); otherwise every case starts unlabelled.
+        The cohort's source (a manifest or any dataset folder the readers know) and the
+        ``metadata`` table it was opened with are recorded and reopened with
+        :func:`~napari_fairseg.data.readers.open_cohort`. With ``import_labels`` the cohort's
+        existing labels become version 1 (source ``imported``); otherwise every case starts
+        unlabelled. See :func:`create_project` to start from a path.
         """
         root = Path(root)
         if (root / DB_NAME).exists():
@@ -89,7 +100,9 @@ class Project:
         db.executescript(SCHEMA)  # (executescript commits on its own; the rows below are one transaction)
         with _transaction(db):
             db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            db.execute("INSERT INTO meta VALUES ('cohort', ?)", (str(cohort.source),))
+            db.execute("INSERT INTO meta VALUES ('cohort', ?)", (str(Path(cohort.source).resolve()),))
+            if metadata is not None:
+                db.execute("INSERT INTO meta VALUES ('cohort_metadata', ?)", (str(Path(metadata).resolve()),))
             db.execute("INSERT INTO meta VALUES ('created', ?)", (utc_now(),))
             attrs = cohort.attributes
             rows = [(r["case_id"], str(r["split"]),
@@ -112,10 +125,20 @@ class Project:
         try:
             meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
         except sqlite3.DatabaseError as exc:
-            raise InputDataError(root / DB_NAME, f"project database unreadable: {exc}") from exc
+            db.close()
+            raise InputDataError(root / DB_NAME, NOT_A_PROJECT) from exc
+        if "cohort" not in meta:
+            db.close()
+            raise InputDataError(root / DB_NAME, NOT_A_PROJECT)
         if int(meta.get("schema_version", 0)) > SCHEMA_VERSION:
+            db.close()
             raise InputDataError(root, "project was written by a newer napari-fairseg; upgrade the package")
-        return cls(root, open_cohort(meta["cohort"]), db)
+        try:
+            cohort = open_cohort(meta["cohort"], metadata=meta.get("cohort_metadata"))
+        except BaseException:
+            db.close()
+            raise
+        return cls(root, cohort, db)
 
     def close(self) -> None:
         self.db.close()
@@ -127,8 +150,16 @@ class Project:
         self.close()
 
     # ------------------------------------------------------------------ annotations
-    def save_annotation(self, case_id: str, label: np.ndarray, *, author: str, source: str = "human") -> int:
-        """Store ``label`` ``(*S)`` as the next version of ``case_id``'s annotation; returns the version."""
+    def save_annotation(self, case_id: str, label: np.ndarray, *, author: str, source: str = "human",
+                        _hook: Callable[[str], None] | None = None) -> int:
+        """Store ``label`` ``(*S)`` as the next version of ``case_id``'s annotation; returns the version.
+
+        The file is written under a unique temporary name first; the version number is reserved,
+        the file named and the row recorded inside one write transaction, so concurrent writers
+        never share a version or a file. ``_hook`` (fault injection for tests) is called with
+        ``"written"`` (temporary file complete, nothing reserved), ``"published"`` (file under
+        its version's name, transaction open) and ``"recorded"`` (row inserted, before commit).
+        """
         if source not in SOURCES:
             raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
         if not author:
@@ -141,17 +172,37 @@ class Project:
         if values - allowed:
             raise InputDataError(case_id, f"annotation holds label values {sorted(values - allowed)} that the "
                                  f"cohort's classes do not use ({sorted(allowed)})")
-        version = 1 + (self.db.execute("SELECT COALESCE(MAX(version), 0) FROM annotations WHERE case_id = ?",
-                                       (case_id,)).fetchone()[0])
-        # the cohort's own file naming (NIfTI, npz or PNG), as for predictions
-        rel = prediction_path(self.cohort, self.root / "annotations" / case_id,
-                              f"v{version:04d}").relative_to(self.root)
         like = load_image(self.cohort, case_id)
-        save_label(self.cohort, self.root / rel, label, like=like)  # atomic: temp file + rename
-        digest = sha256_file(self.root / rel)
-        with _transaction(self.db):
-            self.db.execute("INSERT INTO annotations (case_id, version, path, sha256, author, source, created) "
-                            "VALUES (?, ?, ?, ?, ?, ?, ?)", (case_id, version, str(rel), digest, author, source, utc_now()))
+        if tuple(label.shape) != like.spatial_shape:
+            raise InputDataError(case_id, f"label shape {label.shape} does not match image shape "
+                                 f"{like.spatial_shape}")
+        step = _hook or (lambda _name: None)
+        folder = self.root / "annotations" / case_id
+        # the cohort's own file format (NIfTI, npz or PNG), as for predictions
+        suffix = prediction_path(self.cohort, folder, "v").name[1:]
+        tmp = folder / f".v-{uuid.uuid4().hex}.part{suffix}"
+        final: Path | None = None
+        try:
+            save_label(self.cohort, tmp, label, like=like)  # complete and fsynced before it gets a name
+            digest = sha256_file(tmp)
+            step("written")
+            with _transaction(self.db):  # holds the write lock: no other writer reserves meanwhile
+                version = 1 + (self.db.execute("SELECT COALESCE(MAX(version), 0) FROM annotations "
+                                               "WHERE case_id = ?", (case_id,)).fetchone()[0])
+                final = _first_free(folder / f"v{version:04d}{suffix}", lambda dest: _publish(tmp, dest))
+                _fsync_dir(folder)
+                step("published")
+                self.db.execute("INSERT INTO annotations (case_id, version, path, sha256, author, source, created) "
+                                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                (case_id, version, str(final.relative_to(self.root)), digest, author, source,
+                                 utc_now()))
+                step("recorded")
+        except BaseException:
+            if final is not None:  # ours, never recorded: no other writer can have taken this name
+                final.unlink(missing_ok=True)
+            raise
+        finally:
+            tmp.unlink(missing_ok=True)
         return version
 
     def history(self, case_id: str | None = None) -> pd.DataFrame:
@@ -226,36 +277,94 @@ class Project:
             done.append(cid)
         return done
 
-    def status(self) -> pd.DataFrame:
-        """One row per case: split, attributes, ``labelled`` and the latest version number."""
+    def verify(self) -> pd.DataFrame:
+        """Every recorded annotation version whose file is missing or differs from its sha256.
+
+        Returns
+        -------
+        pandas.DataFrame
+            ``case_id``, ``version``, ``path`` (absolute) and ``problem`` (``missing`` or
+            ``checksum differs``); empty when every version of every case is intact.
+        """
+        rows = []
+        for r in self.history().itertuples(index=False):
+            path = self.root / r.path
+            if not path.is_file():
+                rows.append((r.case_id, int(r.version), str(path), "missing"))
+            elif sha256_file(path) != r.sha256:
+                rows.append((r.case_id, int(r.version), str(path), "checksum differs"))
+        return pd.DataFrame(rows, columns=["case_id", "version", "path", "problem"])
+
+    def status(self, *, damaged: pd.DataFrame | None = None) -> pd.DataFrame:
+        """One row per case: split, attributes, ``labelled``, the latest version number and
+        ``tampered`` (how many of its recorded versions fail their checksum, see :meth:`verify`).
+
+        ``damaged`` is a :meth:`verify` result already computed (to hash the files once).
+        """
         cases = pd.read_sql_query("SELECT case_id, split, attributes FROM cases ORDER BY case_id", self.db)
         latest = pd.read_sql_query("SELECT case_id, MAX(version) AS version FROM annotations GROUP BY case_id",
                                    self.db)
         attrs = pd.DataFrame([json.loads(a) for a in cases.pop("attributes")], index=cases.index)
         out = pd.concat([cases, attrs], axis=1).merge(latest, on="case_id", how="left")
         out["labelled"] = out["version"].notna()
+        damaged = self.verify() if damaged is None else damaged
+        counts = damaged["case_id"].value_counts()
+        out["tampered"] = out["case_id"].map(counts).fillna(0).astype(int)
         return out
 
     # ------------------------------------------------------------------ rounds
     def next_round_id(self) -> int:
+        """The id the next reserved round will most likely get (for display)."""
         return 1 + self.db.execute("SELECT COALESCE(MAX(id), 0) FROM rounds").fetchone()[0]
 
+    def reserve_round(self, started: str) -> int:
+        """Reserve the next round id (an unfinished row that :meth:`rounds` does not list).
+
+        Concurrent rounds get distinct ids, hence distinct model files and seeds. Finish it with
+        :meth:`record_round` (``round_id=``) or give it back with :meth:`release_round`.
+        """
+        with _transaction(self.db):
+            return int(self.db.execute("INSERT INTO rounds (started) VALUES (?)", (started,)).lastrowid)
+
+    def release_round(self, round_id: int) -> None:
+        """Forget a reserved round that did not finish (a failed or cancelled round)."""
+        with _transaction(self.db):
+            self.db.execute("DELETE FROM rounds WHERE id = ? AND finished IS NULL", (round_id,))
+
+    def claim_round_model(self, round_id: int) -> Path:
+        """Create an empty ``models/round_<id>.pt`` for the round to write its model into.
+
+        The name is created exclusively: a file already there (left by an older version or a
+        killed process) is never replaced; the round takes ``round_<id>-2.pt`` and so on.
+        """
+        (self.root / "models").mkdir(parents=True, exist_ok=True)
+        return _first_free(self.root / "models" / f"round_{round_id:04d}.pt", _create_empty)
+
     def record_round(self, *, started: str, strategy: str | None, batch: int | None, checkpoint: str | Path | None,
-                     metrics: dict, suggestions: pd.DataFrame | None = None) -> int:
+                     metrics: dict, suggestions: pd.DataFrame | None = None, round_id: int | None = None) -> int:
         """Store a finished round, its metrics and its ranked suggestions in one transaction.
 
         ``suggestions`` has ``case_id``, ``score``, ``group`` and ``group_weight`` in rank order.
-        ``checkpoint`` is stored relative to the project when it lies inside it.
+        ``checkpoint`` is stored relative to the project when it lies inside it. ``round_id``
+        finishes a round reserved with :meth:`reserve_round`; without it a new id is taken.
         """
         ckpt = None
         if checkpoint is not None:
             ckpt = Path(checkpoint)
             ckpt = str(ckpt.relative_to(self.root)) if ckpt.is_relative_to(self.root) else str(ckpt)
+        values = (started, utc_now(), strategy, batch, ckpt, json.dumps(_plain(metrics)))
         with _transaction(self.db):
-            cur = self.db.execute(
-                "INSERT INTO rounds (started, finished, strategy, batch, checkpoint, metrics) VALUES (?, ?, ?, ?, ?, ?)",
-                (started, utc_now(), strategy, batch, ckpt, json.dumps(_plain(metrics))))
-            rid = int(cur.lastrowid)
+            if round_id is None:
+                cur = self.db.execute("INSERT INTO rounds (started, finished, strategy, batch, checkpoint, metrics) "
+                                      "VALUES (?, ?, ?, ?, ?, ?)", values)
+                rid = int(cur.lastrowid)
+            else:
+                cur = self.db.execute("UPDATE rounds SET started = ?, finished = ?, strategy = ?, batch = ?, "
+                                      "checkpoint = ?, metrics = ? WHERE id = ? AND finished IS NULL",
+                                      (*values, round_id))
+                if cur.rowcount != 1:
+                    raise InputDataError(self.root, f"round {round_id} is not a reserved, unfinished round")
+                rid = round_id
             if suggestions is not None and len(suggestions):
                 self.db.executemany(
                     "INSERT INTO suggestions VALUES (?, ?, ?, ?, ?, ?)",
@@ -266,13 +375,13 @@ class Project:
     def rounds(self) -> pd.DataFrame:
         """One row per finished round: id, times, strategy, batch, checkpoint and its metrics."""
         r = pd.read_sql_query("SELECT id, started, finished, strategy, batch, checkpoint, metrics FROM rounds "
-                              "ORDER BY id", self.db)
+                              "WHERE finished IS NOT NULL ORDER BY id", self.db)
         metrics = pd.DataFrame([json.loads(m) for m in r.pop("metrics")], index=r.index)
         return pd.concat([r, metrics], axis=1)
 
     def checkpoint_path(self, round_id: int | None = None) -> Path | None:
         """The model of a round (default: the latest round that has one)."""
-        q = "SELECT checkpoint FROM rounds WHERE checkpoint IS NOT NULL"
+        q = "SELECT checkpoint FROM rounds WHERE checkpoint IS NOT NULL AND finished IS NOT NULL"
         row = (self.db.execute(q + " AND id = ?", (round_id,)) if round_id is not None
                else self.db.execute(q + " ORDER BY id DESC LIMIT 1")).fetchone()
         return None if row is None else self.root / row[0]
@@ -290,8 +399,21 @@ class Project:
 
     def export(self, out_dir: str | Path) -> dict[str, Path]:
         """Write the latest labels (cohort format), a manifest pointing to them, the version
-        history, the rounds and every suggestion under ``out_dir``; returns the written paths."""
+        history, the rounds and every suggestion under ``out_dir``; returns the written paths.
+
+        Raises
+        ------
+        InputDataError
+            ``out_dir`` is the cohort's folder or holds an input file (an image, a label, the
+            manifest, the metadata table, the project); or a recorded annotation version is
+            missing or differs from its checksum. Nothing is written then.
+        """
         out = Path(out_dir)
+        _refuse_overwriting_inputs(out, self._input_files(), folders=[self._cohort_folder()])
+        damaged = self.verify()
+        if len(damaged):
+            raise InputDataError(self.root, "refusing to export: annotation version(s) are missing or differ from "
+                                 "their recorded checksum (" + _list_damaged(damaged) + ")")
         (out / "labels").mkdir(parents=True, exist_ok=True)
         cases = self.cohort.cases.copy()
         cases["label"] = ""
@@ -314,12 +436,113 @@ class Project:
             write_text_atomic(written[name], table.to_csv(index=False))
         return written
 
+    def _cohort_folder(self) -> Path:
+        src = Path(self.cohort.source)
+        return src if src.is_dir() else src.parent
+
+    def _input_files(self) -> list[Path]:
+        """Every file the project reads: images, cohort labels, manifest, metadata, database, annotations."""
+        refs = [str(r).split(KEY_SEP, 1)[0] for col in ("image", "label") for r in self.cohort.cases[col]
+                if isinstance(r, str) and r]
+        meta = self.db.execute("SELECT value FROM meta WHERE key = 'cohort_metadata'").fetchone()
+        extra = [self.cohort.source, self.root / DB_NAME, *(self.root / p for p in self.history()["path"])]
+        return [Path(p) for p in refs + extra + ([meta[0]] if meta else [])]
+
     def orphans(self) -> list[Path]:
         """Files under ``annotations/`` that no committed version records (a save killed mid-way:
         a temporary ``.part`` file, or a complete file whose transaction never committed)."""
         known = set(self.history()["path"])
         found = (self.root / "annotations").rglob("*") if (self.root / "annotations").is_dir() else []
         return sorted(p for p in found if p.is_file() and str(p.relative_to(self.root)) not in known)
+
+
+NOT_A_PROJECT = "not a FairSeg project database (file is corrupt or not SQLite)"
+
+
+def create_project(root: str | Path, cohort_path: str | Path, *, import_labels: bool = False,
+                   metadata: str | Path | None = None, author: str = "import") -> Project:
+    """A new labelling project in ``root`` on the cohort at ``cohort_path``.
+
+    Parameters
+    ----------
+    root : str or Path
+        Project folder (created; must not hold a project yet).
+    cohort_path : str or Path
+        A manifest or any dataset folder :func:`~napari_fairseg.data.readers.open_cohort`
+        knows (NIfTI, 2D images, FairSeg / FairDomain npz, MAMA-MIA); recorded and reopened.
+    import_labels : bool
+        The cohort's labels become version 1 of each case (source ``imported``).
+    metadata : str or Path, optional
+        Metadata table joined by case id (recorded with the cohort).
+    author : str
+        Author recorded for imported labels.
+    """
+    cohort = open_cohort(cohort_path, metadata=metadata)
+    return Project.create(root, cohort, import_labels=import_labels, author=author, metadata=metadata)
+
+
+def _refuse_overwriting_inputs(out: str | Path, inputs: Iterable[str | Path], *,
+                               folders: Iterable[str | Path] = ()) -> None:
+    """Raise :class:`InputDataError` when the output folder ``out`` is one of ``folders`` or
+    equals or contains any of ``inputs`` (writing there could replace what it reads)."""
+    target = Path(out).resolve()
+    for folder in folders:
+        if target == Path(folder).resolve():
+            raise InputDataError(out, "refusing to write into the cohort's own folder (its labels and "
+                                 "manifest would be replaced); choose a new output folder")
+    for p in inputs:
+        p = Path(p).resolve()
+        if p == target or target in p.parents:
+            raise InputDataError(out, f"refusing to write here: the folder holds an input file ({p}) that "
+                                 "the output could replace; choose a new output folder")
+
+
+def _list_damaged(damaged: pd.DataFrame, limit: int = 10) -> str:
+    items = [f"{r.case_id} v{r.version} {r.problem}" for r in damaged.head(limit).itertuples(index=False)]
+    return ", ".join(items) + (f", and {len(damaged) - limit} more" if len(damaged) > limit else "")
+
+
+def _first_free(path: Path, create: Callable[[Path], None]) -> Path:
+    """Create ``path`` with ``create`` or, when that name is taken, the first free
+    ``<stem>-2<suffixes>``, ``-3``, …; returns the created name.
+
+    ``create`` must raise :class:`FileExistsError` rather than replace an existing file.
+    """
+    stem, dot, rest = path.name.partition(".")
+    for k in itertools.count(1):
+        candidate = path if k == 1 else path.with_name(f"{stem}-{k}{dot}{rest}")
+        try:
+            create(candidate)
+        except FileExistsError:
+            continue
+        return candidate
+    raise AssertionError("unreachable")
+
+
+def _publish(src: Path, dest: Path) -> None:
+    """Give the complete file ``src`` the name ``dest``, failing if ``dest`` exists."""
+    try:
+        os.link(src, dest)
+    except FileExistsError:
+        raise
+    except OSError:  # no hard links on this filesystem: claim the name exclusively, then fill it
+        _create_empty(dest)
+        os.replace(src, dest)
+
+
+def _create_empty(dest: Path) -> None:
+    os.close(os.open(dest, os.O_CREAT | os.O_EXCL | os.O_WRONLY, FILE_MODE))
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a new name in ``folder`` durable before the transaction that records it commits."""
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _num(v) -> float | None:
@@ -342,9 +565,13 @@ def _connect(path: Path) -> sqlite3.Connection:
     # otherwise Python's same-thread check stays on and reports the misuse.
     db = sqlite3.connect(str(path), isolation_level=None, timeout=30,
                          check_same_thread=sqlite3.threadsafety != 3)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=FULL")
-    db.execute("PRAGMA foreign_keys=ON")
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA foreign_keys=ON")
+    except sqlite3.DatabaseError as exc:
+        db.close()
+        raise InputDataError(path, NOT_A_PROJECT) from exc
     return db
 
 
@@ -353,7 +580,8 @@ def _transaction(db: sqlite3.Connection):
     db.execute("BEGIN IMMEDIATE")
     try:
         yield db
+        db.execute("COMMIT")
     except BaseException:
-        db.execute("ROLLBACK")
+        if db.in_transaction:
+            db.execute("ROLLBACK")
         raise
-    db.execute("COMMIT")

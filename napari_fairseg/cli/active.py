@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ..errors import InputDataError
@@ -16,23 +17,22 @@ STRATEGY_CHOICES = ("random", "entropy", "localized", "wle", "stochastic", "epis
 # --------------------------------------------------------------------------- project
 def _cmd_project(args) -> int:
     from ..active import Project
+    from ..active.project import create_project
     from ..data.readers import open_cohort
 
     if args.action == "init":
         if not args.cohort:
-            raise InputDataError(None, "project init needs the cohort: fairseg project init PROJECT --cohort MANIFEST")
-        cohort = open_cohort(args.cohort, metadata=args.metadata)
-        if cohort.source is None or not Path(cohort.source).is_file():
-            raise InputDataError(args.cohort, "a project records its cohort's manifest file; write one first "
-                                 "(e.g. fairseg sample ... writes manifest.csv)")
-        with Project.create(args.project, cohort, import_labels=args.import_labels, author=args.author) as p:
+            raise InputDataError(None, "project init needs the cohort: fairseg project init PROJECT --cohort "
+                                 "MANIFEST_OR_FOLDER")
+        with create_project(args.project, args.cohort, import_labels=args.import_labels, metadata=args.metadata,
+                            author=args.author) as p:
             st = p.status()
-            print(f"created project {args.project} on {cohort.name}: {len(st)} cases, "
+            print(f"created project {args.project} on {p.cohort.name}: {len(st)} cases, "
                   f"{int(st['labelled'].sum())} labelled")
         return 0
     with Project.open(args.project) as p:
         if args.action == "status":
-            _print_status(p)
+            return _print_status(p)
         elif args.action == "import":
             if not args.cohort:
                 raise InputDataError(None, "project import needs --cohort MANIFEST (labels to import)")
@@ -47,11 +47,24 @@ def _cmd_project(args) -> int:
     return 0
 
 
-def _print_status(p) -> None:
-    st = p.status()
+def _print_status(p) -> int:
+    """Print the project's state; 1 when a recorded annotation version fails its checksum."""
+    damaged = p.verify()
+    st = p.status(damaged=damaged)
     print(f"project {p.root} on cohort {p.cohort.name} ({p.cohort.source})")
     for split, part in st.groupby("split"):
         print(f"  {split:<6} {len(part):4d} cases, {int(part['labelled'].sum()):4d} labelled")
+    for r in damaged.itertuples(index=False):
+        print(f"  TAMPERED {r.case_id} version {r.version}: {r.problem} ({r.path})")
+    _print_rounds(p)
+    if len(damaged):
+        print(f"fairseg: {len(damaged)} annotation version(s) are missing or differ from their recorded "
+              "checksum (listed above)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _print_rounds(p) -> None:
     rounds = p.rounds()
     if rounds.empty:
         print("  no rounds yet: fairseg suggest " + str(p.root))
@@ -81,8 +94,10 @@ def _round_config(args, **extra):
 
 
 def _cmd_suggest(args) -> int:
-    from ..active import Project, round_job
+    from ..active import Project, load_encoder, round_job
 
+    if args.encoder != "encoder":
+        load_encoder(args.encoder)  # refuse a file that could run code before any work
     with Project.open(args.project) as p:
         result = run_with_bar(round_job(p, _round_config(args), train=True if args.retrain else None,
                                         model=args.model), args.quiet)
@@ -203,7 +218,7 @@ def add_parsers(sub) -> None:
     pr = sub.add_parser("project", help="create, inspect, import into or export a labelling project")
     pr.add_argument("action", choices=["init", "status", "import", "export"])
     pr.add_argument("project", help="project folder")
-    pr.add_argument("--cohort", help="manifest (init: the cohort; import: labels to import)")
+    pr.add_argument("--cohort", help="manifest or dataset folder (init: the cohort; import: labels to import)")
     pr.add_argument("--metadata", help="metadata table (CSV/XLSX) joined by case id")
     pr.add_argument("--import-labels", action="store_true", help="init: the cohort's labels become version 1")
     pr.add_argument("--overwrite", action="store_true", help="import: add a version even to labelled cases")
@@ -221,7 +236,8 @@ def add_parsers(sub) -> None:
     s.add_argument("--roi-radius", type=int, default=3)
     s.add_argument("--passes", type=int, default=8, help="MC-dropout passes (epistemic)")
     s.add_argument("--encoder", default="encoder",
-                   help="fair-attr/poly/ap embeddings: 'encoder' (the network's) or a TorchScript file")
+                   help="fair-attr/poly/ap embeddings: 'encoder' (the network's bottleneck) or a FairSeg "
+                        "checkpoint (.pt) whose network's bottleneck is used; TorchScript / .pt2 are refused")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--no-amp", action="store_true")
     s.set_defaults(func=_cmd_suggest)
