@@ -351,8 +351,8 @@ def test_export_refuses_the_cohorts_folder_and_any_folder_holding_inputs(tmp_pat
         p.save_annotation(cohort.case_ids[0], _label(cohort, cohort.case_ids[0]), author="ana")
     folder = Path(cohort.source).parent
     before, project_before = _digests(folder), _digests(proj / "annotations")
-    for out, why in ((folder, "cohort's own folder"), (tmp_path, "holds an input file"),
-                     (proj, "holds an input file")):
+    for out, why in ((folder, "cohort's own folder"), (tmp_path, "would overwrite the inputs"),
+                     (proj, "would overwrite the inputs")):
         assert main(["--quiet", "project", "export", str(proj), "--out", str(out)]) == 2
         assert why in capsys.readouterr().err
     assert _digests(folder) == before and _digests(proj / "annotations") == project_before  # nothing written or replaced

@@ -268,7 +268,7 @@ def _round(project: Project, config: RoundConfig, rid: int, started: str, claime
     must_train = train if train is not None else not same_set and start is None
     if must_train and not labelled:
         raise InputDataError(project.root, f"no labelled case in split {config.pool_split!r} to train on; label "
-                             "some first (fairseg label) or start from a model (--model)")
+                             "some first, or start from a model (the dock's Start model; --model in the CLI)")
     t_train = time.perf_counter()
     if must_train:
         ckpt_path = project.claim_round_model(rid)  # created exclusively: never another round's file
@@ -285,7 +285,7 @@ def _round(project: Project, config: RoundConfig, rid: int, started: str, claime
             ckpt, ckpt_path = load_checkpoint(prev_ckpt), prev_ckpt
         else:
             raise InputDataError(project.root, "no model for this round: train one (label some cases first) "
-                                 "or give a starting model (--model)")
+                                 "or give a starting model (the dock's Start model; --model in the CLI)")
     train_s = time.perf_counter() - t_train
     model_nn = ckpt.build(device)
 

@@ -26,7 +26,7 @@ import json
 import os
 import sqlite3
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -34,8 +34,8 @@ import numpy as np
 import pandas as pd
 
 from ..data.arrays import label_key, load_image, load_label_file, prediction_path, save_label
-from ..data.atomic import FILE_MODE, write_text_atomic
-from ..data.manifest import KEY_SEP, Cohort, write_manifest
+from ..data.atomic import FILE_MODE, write_csv_atomic
+from ..data.manifest import KEY_SEP, Cohort, refuse_overwriting_inputs, write_manifest
 from ..data.readers import open_cohort
 from ..errors import InputDataError
 
@@ -103,6 +103,9 @@ class Project:
             db.execute("INSERT INTO meta VALUES ('cohort', ?)", (str(Path(cohort.source).resolve()),))
             if metadata is not None:
                 db.execute("INSERT INTO meta VALUES ('cohort_metadata', ?)", (str(Path(metadata).resolve()),))
+            # a folder of the user's own images carries its declared classes nowhere on disk
+            db.execute("INSERT INTO meta VALUES ('cohort_classes', ?)",
+                       (json.dumps({k: list(v) for k, v in cohort.classes.items()}),))
             db.execute("INSERT INTO meta VALUES ('created', ?)", (utc_now(),))
             attrs = cohort.attributes
             rows = [(r["case_id"], str(r["split"]),
@@ -134,7 +137,8 @@ class Project:
             db.close()
             raise InputDataError(root, "project was written by a newer napari-fairseg; upgrade the package")
         try:
-            cohort = open_cohort(meta["cohort"], metadata=meta.get("cohort_metadata"))
+            classes = {k: tuple(v) for k, v in json.loads(meta.get("cohort_classes") or "{}").items()} or None
+            cohort = open_cohort(meta["cohort"], metadata=meta.get("cohort_metadata"), classes=classes)
         except BaseException:
             db.close()
             raise
@@ -409,7 +413,7 @@ class Project:
             missing or differs from its checksum. Nothing is written then.
         """
         out = Path(out_dir)
-        _refuse_overwriting_inputs(out, self._input_files(), folders=[self._cohort_folder()])
+        refuse_overwriting_inputs(out, self.cohort, also=self._project_files())
         damaged = self.verify()
         if len(damaged):
             raise InputDataError(self.root, "refusing to export: annotation version(s) are missing or differ from "
@@ -433,20 +437,13 @@ class Project:
                                      "FROM suggestions ORDER BY round_id, rank", self.db)
         for name, table in (("history", self.history()), ("rounds", self.rounds()), ("suggestions", all_sugg)):
             written[name] = out / f"{name}.csv"
-            write_text_atomic(written[name], table.to_csv(index=False))
+            write_csv_atomic(written[name], table)
         return written
 
-    def _cohort_folder(self) -> Path:
-        src = Path(self.cohort.source)
-        return src if src.is_dir() else src.parent
-
-    def _input_files(self) -> list[Path]:
-        """Every file the project reads: images, cohort labels, manifest, metadata, database, annotations."""
-        refs = [str(r).split(KEY_SEP, 1)[0] for col in ("image", "label") for r in self.cohort.cases[col]
-                if isinstance(r, str) and r]
+    def _project_files(self) -> list[Path]:
+        """What the project reads beside the cohort: metadata table, database, annotations."""
         meta = self.db.execute("SELECT value FROM meta WHERE key = 'cohort_metadata'").fetchone()
-        extra = [self.cohort.source, self.root / DB_NAME, *(self.root / p for p in self.history()["path"])]
-        return [Path(p) for p in refs + extra + ([meta[0]] if meta else [])]
+        return [self.root / DB_NAME, *(self.root / p for p in self.history()["path"]), *([meta[0]] if meta else [])]
 
     def orphans(self) -> list[Path]:
         """Files under ``annotations/`` that no committed version records (a save killed mid-way:
@@ -479,22 +476,6 @@ def create_project(root: str | Path, cohort_path: str | Path, *, import_labels: 
     """
     cohort = open_cohort(cohort_path, metadata=metadata)
     return Project.create(root, cohort, import_labels=import_labels, author=author, metadata=metadata)
-
-
-def _refuse_overwriting_inputs(out: str | Path, inputs: Iterable[str | Path], *,
-                               folders: Iterable[str | Path] = ()) -> None:
-    """Raise :class:`InputDataError` when the output folder ``out`` is one of ``folders`` or
-    equals or contains any of ``inputs`` (writing there could replace what it reads)."""
-    target = Path(out).resolve()
-    for folder in folders:
-        if target == Path(folder).resolve():
-            raise InputDataError(out, "refusing to write into the cohort's own folder (its labels and "
-                                 "manifest would be replaced); choose a new output folder")
-    for p in inputs:
-        p = Path(p).resolve()
-        if p == target or target in p.parents:
-            raise InputDataError(out, f"refusing to write here: the folder holds an input file ({p}) that "
-                                 "the output could replace; choose a new output folder")
 
 
 def _list_damaged(damaged: pd.DataFrame, limit: int = 10) -> str:

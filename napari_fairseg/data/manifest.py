@@ -325,7 +325,8 @@ def refuse_overwriting_inputs(out: str | Path, cohort: Cohort, *, also=()) -> No
         Naming ``out`` and the first input it would overwrite.
     """
     target = Path(out).resolve()
-    if cohort.source is not None and Path(cohort.source).resolve() == target:
+    src = Path(cohort.source).resolve() if cohort.source is not None else None
+    if src is not None and target in (src, src.parent if src.is_file() else src):
         raise InputDataError(out, "is the cohort's own folder: writing there would overwrite or mix with its "
                              "files; choose an output folder outside the cohort")
     hits = [p for p in (*cohort.input_files(), *map(Path, also))

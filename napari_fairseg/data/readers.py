@@ -100,9 +100,10 @@ def open_cohort(path: str | Path, *, metadata: str | Path | None = None, kind: s
         if path.is_dir():
             path = path / MANIFEST_NAME
         cohort = read_manifest(path)
-        if metadata is not None:
-            cases, notes = join_metadata(cohort.cases, read_table(metadata), source=metadata)
-            cohort = Cohort(cases, cohort.kind, cohort.classes, cohort.name, cohort.notes + notes, path)
+        if metadata is not None or classes:
+            cases, notes = ((cohort.cases, []) if metadata is None else
+                            join_metadata(cohort.cases, read_table(metadata), source=metadata))
+            cohort = Cohort(cases, cohort.kind, classes or cohort.classes, cohort.name, cohort.notes + notes, path)
     elif kind in ("nifti", "image2d"):
         cohort = _read_generic(path, kind, metadata, classes)
     elif kind == "fairseg":
