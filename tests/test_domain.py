@@ -161,3 +161,10 @@ def test_mni152_through_the_pool_job_reaches_the_result(tmp_path, brain_model):
     assert [w.split(" ")[0] for w in res.warnings["mni"]] == ["spacing", "image"]
     assert "(×1.3)" in res.warnings["mni"][0]
     assert len(res.warning_summary) == 2 and res.warning_summary[0].startswith("1 of 1 case(s): spacing 2×2×2 mm")
+
+
+def test_predict_help_names_the_bundled_models_demo_models(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["predict", "--help"])
+    assert stop.value.code == 0
+    assert "bundled DEMO models, trained on synthetic data" in " ".join(capsys.readouterr().out.split())
