@@ -45,8 +45,10 @@ zoo: $(STAMP)
 	    --network light_unet --dropout 0.1 --epochs 150 --lr 3e-3 --seed 0
 	$(BIN)/fairseg --quiet train sample_data/fundus --out build/zoo/fundus-unet2d.pt \
 	    --network unet --features 8,16,32,64 --dropout 0.1 --epochs 60 --lr 3e-3 --seed 0
-	$(BIN)/python -c "from napari_fairseg.models.checkpoint import export_checkpoint as e; \
-	    [e(f'build/zoo/{n}.pt', f'$(ZOO)/{n}.pt') for n in ('brain-light-unet', 'fundus-unet2d')]"
+	$(BIN)/python -c "from napari_fairseg.training.trainer import record_training_geometry as r; \
+	    from napari_fairseg.data.readers import open_cohort as o; from napari_fairseg.models.zoo import BUNDLED_META as m; \
+	    r('build/zoo/brain-light-unet.pt', '$(ZOO)/brain-light-unet.pt', o('build/zoo/brain/manifest.csv'), meta=m['brain']); \
+	    r('build/zoo/fundus-unet2d.pt', '$(ZOO)/fundus-unet2d.pt', o('sample_data/fundus'), meta=m['fundus'])"
 	cp build/zoo/*.log.csv $(ZOO)/
 
 clean:

@@ -26,19 +26,27 @@ def test_train_then_predict_from_the_command_line(tmp_path, brain_manifest, tiny
     ck = load_checkpoint(tmp_path / "m.pt")
     assert ck.config.patch_size == (16, 16, 16) and ck.config.dropout == 0.1
     assert json.loads(ck.meta["train_config"])["fairness"] == "groupdro"
+    geo = ck.meta["training_geometry"]  # what prediction compares inputs with
+    assert geo["n_cases"] == ck.meta["n_train"] and geo["channels"] == 1 and geo["spatial_dims"] == 3
+    assert geo["spacing"] == {"median": [3.0] * 3, "min": [3.0] * 3, "max": [3.0] * 3}
+    assert geo["size"]["median"] == [32, 32, 24] and geo["spacing_unit"] == "mm"
+    lo, hi = geo["intensity"]["p1"][0], geo["intensity"]["p99"][0]
+    assert 0 <= geo["intensity"]["p1_min"][0] <= lo < geo["intensity"]["mean"][0] < hi <= geo["intensity"]["p99_max"][0]
     assert list(pd.read_csv(tmp_path / "m.log.csv")["epoch"]) == [1, 2]
 
     rc = main(["--quiet", "predict", str(brain_manifest), "--model", str(tmp_path / "m.pt"), "--out",
                str(tmp_path / "pred"), "--uncertainty", "mc", "--passes", "3", "--split", "test", "--device", "cpu"])
     assert rc == 0
     test_ids = tiny_brain.cases.loc[tiny_brain.cases["split"] == "test", "case_id"].tolist()
-    scores = pd.read_csv(tmp_path / "pred" / "scores.csv")
+    scores = pd.read_csv(tmp_path / "pred" / "scores.csv", keep_default_na=False)
     assert sorted(scores["case_id"]) == sorted(test_ids)
+    assert set(scores["warnings"]) == {""}  # the cohort it was trained on: nothing to warn about
     for cid in test_ids:
         for name in ("entropy", "mutual_information", "probability", "roi"):
             img = nib.load(tmp_path / "pred" / "maps" / f"{cid}_{name}.nii.gz")
             assert img.shape == (32, 32, 24)  # aligned with the image: sliding-window output stitched back
-    assert "most uncertain" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "most uncertain" in captured.out and "warning" not in captured.err
 
 
 def test_cli_errors_are_one_line_messages(tmp_path, brain_manifest, capsys):

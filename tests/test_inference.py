@@ -92,7 +92,8 @@ def test_pool_prediction_writes_files_in_the_cohort_geometry(tmp_path, tiny_brai
     events = []
     res = run_job(predict_pool_job(tiny_brain, predictor, out_dir=tmp_path, keep=True, checkpoint=brain_ckpt),
                   on_progress=events.append)
-    assert [e.done for e in events] == [0, 4, 6] and events[-1].total == 6
+    per_batch = [e for e in events if e.stage == "predict"]
+    assert [e.done for e in per_batch] == [0, 4, 6] and per_batch[-1].total == 6
     scores = pd.read_csv(tmp_path / "scores.csv")
     assert list(scores["case_id"]) == tiny_brain.case_ids
     for cid in tiny_brain.case_ids:
@@ -147,8 +148,8 @@ def test_cancel_leaves_only_complete_files(tmp_path, tiny_brain, brain_ckpt):
     predictor = Predictor.from_checkpoint(brain_ckpt, InferenceConfig(device="cpu", batch_size=2))
     seen = []
     with pytest.raises(Cancelled):
-        run_job(predict_pool_job(tiny_brain, predictor, out_dir=tmp_path), on_progress=seen.append,
-                should_cancel=lambda: len(seen) >= 2)
+        run_job(predict_pool_job(tiny_brain, predictor, out_dir=tmp_path),
+                on_progress=lambda e: e.stage == "predict" and seen.append(e), should_cancel=lambda: len(seen) >= 2)
     written = sorted(p.name for p in tmp_path.glob("*.nii.gz"))
     assert written == [f"{c}.nii.gz" for c in tiny_brain.case_ids[:2]]
     assert not (tmp_path / "scores.csv").exists()
@@ -187,3 +188,117 @@ def test_pool_scoring_without_maps_gives_the_same_scores(tiny_brain, brain_ckpt)
         ent = full.predictions[cid].maps["entropy"]
         if roi.any():  # hand check of Eq. 1 from the full maps
             assert full.scores.set_index("case_id").loc[cid, "masked_entropy"] == pytest.approx(ent[roi].mean(), rel=1e-5)
+
+
+# --------------------------------------------------------------------------- progress and cancel inside one case
+def test_stepwise_sliding_window_equals_monai(rng):
+    from monai.inferers import sliding_window_inference
+
+    from napari_fairseg.inference.sliding import sliding_window_steps, window_batches
+
+    cfg = ModelConfig(features=(4, 8))
+    torch.manual_seed(0)
+    model = build_network(cfg).eval()
+    for shape, roi, sw in (((2, 1, 40, 36, 30), (16, 16, 16), 3), ((1, 1, 40, 12, 30), (16, 16, 16), 4)):
+        x = torch.from_numpy(rng.normal(size=shape).astype(np.float32))  # the second is padded on one axis
+        with torch.inference_mode():
+            ref = sliding_window_inference(x, roi, sw, model, overlap=0.25, mode="gaussian")
+        steps = sliding_window_steps(x, roi, sw, model, overlap=0.25, step=torch.inference_mode)
+        done = []
+        while True:
+            try:
+                done.append(next(steps))
+            except StopIteration as stop:
+                out = stop.value
+                break
+        assert done == list(range(1, window_batches(shape[2:], roi, sw, shape[0], overlap=0.25) + 1))
+        assert len(done) > 2
+        torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-6)
+
+
+def _old_mc_probability(model, cfg, x, passes, seed):
+    """The former path: seeded MC passes through MONAI's sliding_window_inference in one call."""
+    from monai.inferers import sliding_window_inference
+
+    drops = [m for m in model.modules() if isinstance(m, nn.Dropout3d | nn.Dropout)]
+    torch.manual_seed(seed)
+    for m in drops:
+        m.train()
+    with torch.inference_mode():
+        probs = [torch.sigmoid(sliding_window_inference(x, cfg.patch_size, 4, model, overlap=0.25, mode="gaussian"))
+                 for _ in range(passes)]
+    for m in drops:
+        m.eval()
+    return torch.stack(probs).mean(0)
+
+
+def test_mc_dropout_with_sliding_windows_yields_per_window_batch_and_matches_the_former_path(rng):
+    cfg = ModelConfig(dropout=0.2, patch_size=(16, 16, 16), features=(4, 8))
+    torch.manual_seed(0)
+    model = build_network(cfg)
+    x = torch.from_numpy(rng.normal(size=(1, 1, 30, 28, 20)).astype(np.float32))
+    predictor = Predictor(model, cfg, InferenceConfig(device="cpu", uncertainty="mc", passes=3, seed=7))
+    events = []
+    before = torch.random.get_rng_state()
+    out = run_job(predictor.predict_job(x, label="case"), on_progress=events.append)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    per_pass = predictor.forward_steps(tuple(x.shape))
+    assert per_pass > 1 and [e.done for e in events] == list(range(1, 3 * per_pass + 1))
+    assert {e.total for e in events} == {3 * per_pass} and {e.stage for e in events} == {"forward"}
+    assert events[per_pass].message == f"case: pass 2/3, windows 1/{per_pass}"
+    torch.testing.assert_close(out["probability"], _old_mc_probability(model, cfg, x, 3, 7), atol=1e-6, rtol=1e-6)
+
+
+def test_tta_yields_one_event_per_pass(rng):
+    x = torch.from_numpy(rng.normal(size=(1, 1, 12, 10, 8)).astype(np.float32))
+    events = []
+    run_job(Predictor(Pointwise(), ModelConfig(), InferenceConfig(device="cpu", uncertainty="tta")).predict_job(x),
+            on_progress=events.append)
+    assert [(e.done, e.total, e.message) for e in events] == [(k, 4, f"pass {k}/4") for k in range(1, 5)]
+
+
+def test_a_closed_single_case_job_stops_at_once_and_writes_nothing(tmp_path, tiny_brain):
+    """Consume a 32-pass MC job on one case up to its 2nd progress event, close it: it stops there."""
+    import time
+
+    from napari_fairseg.inference import predict_cases_job
+
+    cfg = ModelConfig(dropout=0.1)
+    torch.manual_seed(0)
+    ckpt_path = save_checkpoint(tmp_path / "m.pt", build_network(cfg), cfg, {"classes": {"caudate": [1]}})
+    settings = InferenceConfig(device="cpu", uncertainty="mc", passes=32)
+    out = tmp_path / "out"
+    job = predict_cases_job(tiny_brain, ckpt_path, [tiny_brain.case_ids[0]], settings=settings, out_dir=out)
+    first = next(job)
+    assert (first.stage, first.message) == ("load", "Loading model…")  # before the checkpoint is read
+    seen, rng_between = [], None
+    while len([e for e in seen if e.stage == "forward"]) < 2:
+        seen.append(next(job))
+        assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()  # nothing leaks between events
+        if seen[-1].stage == "forward" and rng_between is None:
+            rng_between = torch.random.get_rng_state()  # MC dropout draws from a stream of its own
+    assert seen[-1].done == 2 and seen[-1].total == 32
+    t0 = time.perf_counter()
+    job.close()
+    assert time.perf_counter() - t0 < 1.0
+    assert not out.exists()  # no prediction, no map, no scores.csv
+    assert torch.equal(torch.random.get_rng_state(), rng_between)
+    # the same job run to its end does write, so the test above could fail
+    run_job(predict_cases_job(tiny_brain, ckpt_path, [tiny_brain.case_ids[0]],
+                              settings=InferenceConfig(device="cpu", uncertainty="mc", passes=2), out_dir=out))
+    assert (out / f"{tiny_brain.case_ids[0]}.nii.gz").is_file() and (out / "scores.csv").is_file()
+
+
+def test_the_model_loads_inside_the_job(tmp_path, tiny_brain):
+    from napari_fairseg.inference import predict_cases_job
+
+    job = predict_cases_job(tiny_brain, tmp_path / "missing.pt")  # nothing is read when the job is made
+    assert next(job).message == "Loading model…"
+    with pytest.raises(InputDataError, match="checkpoint file not found"):
+        next(job)
+    job = predict_cases_job(tiny_brain, "brain", tiny_brain.case_ids[:1],
+                            settings=InferenceConfig(device="cpu", uncertainty="none"), keep=True)
+    events = []
+    res = run_job(job, on_progress=events.append)
+    assert [e.stage for e in events][:2] == ["load", "load"] and "DEMO" in events[1].message
+    assert list(res.predictions) == tiny_brain.case_ids[:1]

@@ -153,3 +153,48 @@ def test_checkpoint_bytes_are_plain_containers(tmp_path):
     assert isinstance(payload["config"], str) and isinstance(payload["meta"], str)
     assert json.loads(payload["meta"])["shape"] == 3  # numpy scalars become JSON numbers
     assert all(isinstance(v, torch.Tensor) for v in payload["state_dict"].values())
+
+
+#: SHA-256 of the bundled weights as trained (before their training-geometry records were added).
+BUNDLED_WEIGHTS = {"brain": "79742e942b353dfc53266b99d8515e6aadd5e9db79423729ada0135ac34acdb4",
+                   "fundus": "33ea2d0886ee7001aa2ed8e557acf8934e459a8204918636f497ba2bcb39ef0e"}
+
+
+@pytest.mark.parametrize("name", list(BUNDLED))
+def test_bundled_checkpoints_are_labelled_demo_and_record_their_training_geometry(name):
+    from napari_fairseg.models.checkpoint import weights_digest
+    from napari_fairseg.models.zoo import BUNDLED_META, bundled_models
+
+    ck = load_checkpoint(bundled_checkpoint(name))
+    assert weights_digest(ck) == BUNDLED_WEIGHTS[name]  # records added without touching the weights
+    assert ck.meta["display_name"] == BUNDLED_META[name]["display_name"] == bundled_models()[name]
+    assert "DEMO" in ck.meta["display_name"] and "synthetic" in ck.meta["description"]
+    geo = ck.meta["training_geometry"]
+    assert geo["n_cases"] == ck.meta["n_train"] and geo["channels"] == ck.config.in_channels == 1
+    if name == "brain":
+        assert geo["spacing"]["median"] == [1.5, 1.5, 1.5] and geo["size"]["median"] == [64, 64, 48]
+        assert geo["spacing_unit"] == "mm" and 0.8 < geo["intensity"]["p99"][0] <= 1.0  # the MNI T1 in [0, 1]
+    else:
+        assert geo["size"]["median"] == [128, 128] and geo["spacing_unit"] == "pixel"
+        assert geo["intensity"]["p1"] == [0.0] and 150 < geo["intensity"]["p99"][0] <= 255  # uint8 SLO
+
+
+def test_recording_the_geometry_later_keeps_the_weights_and_checks_the_cohort(tmp_path, fundus):
+    import json as _json
+
+    from napari_fairseg.models.checkpoint import weights_digest
+    from napari_fairseg.training.trainer import record_training_geometry
+
+    cfg = ModelConfig(network="unet", spatial_dims=2, label_values=(0, 1, 2), head="softmax", features=(4, 8))
+    torch.manual_seed(0)
+    meta = {"classes": fundus.classes, "group_attribute": "race", "n_train": 30, "n_val": 10, "log": "[]",
+            "train_config": _json.dumps({"val_fraction": 0.25, "seed": 0})}
+    src = save_checkpoint(tmp_path / "old.pt", build_network(cfg), cfg, meta)
+    out = record_training_geometry(src, tmp_path / "new.pt", fundus, meta={"display_name": "x DEMO"})
+    old, new = load_checkpoint(src), load_checkpoint(out)
+    assert weights_digest(new) == weights_digest(old)
+    assert new.meta["training_geometry"] == load_checkpoint(bundled_checkpoint("fundus")).meta["training_geometry"]
+    assert new.meta["display_name"] == "x DEMO" and "log" not in new.meta
+    wrong = save_checkpoint(tmp_path / "w.pt", build_network(cfg), cfg, {**meta, "n_train": 12})
+    with pytest.raises(InputDataError, match="not the cohort this model was trained on"):
+        record_training_geometry(wrong, tmp_path / "w2.pt", fundus)

@@ -15,6 +15,7 @@ from pathlib import Path
 import napari
 import numpy as np
 from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QComboBox,
     QFormLayout,
@@ -28,32 +29,15 @@ from qtpy.QtWidgets import (
 
 from ..data.layers import cohort_of, prediction_layers
 from ..errors import user_message
-from ..inference import InferenceConfig, Predictor, predict_pool_job
+from ..inference import InferenceConfig, predict_cases_job
 from ..inference.uncertainty import max_entropy
-from ..models.checkpoint import check_compatible, load_checkpoint
-from ..models.zoo import BUNDLED, resolve_checkpoint
-from ..progress import Progress
+from ..models.zoo import BUNDLED, bundled_models
 from ..training import TrainConfig, model_config_for, train_job
 from .cohort_dock import FILE_ERRORS
 from .viewer_layers import current_case, show_layers
 from .workers import JobDock
 
 FILE = "checkpoint file…"
-
-
-def model_job(ref: str, cohort, settings: InferenceConfig, case_ids=None, **predict_kw):
-    """Load a checkpoint, check it against ``cohort``, then predict: the whole click in a worker.
-
-    Yields a ``model`` stage (so a first click shows progress while the weights load) and then
-    :func:`~napari_fairseg.inference.predict_pool_job`'s events; returns ``(result, checkpoint)``.
-    """
-    yield Progress("model", 0, 1, "loading the model…")
-    ckpt = load_checkpoint(resolve_checkpoint(ref))
-    check_compatible(ckpt, cohort)
-    predictor = Predictor.from_checkpoint(ckpt, settings)
-    yield Progress("model", 1, 1, f"loaded; predicting on {predictor.device_name}")
-    result = yield from predict_pool_job(cohort, predictor, case_ids, checkpoint=ckpt, **predict_kw)
-    return result, ckpt
 
 
 class InferenceDock(JobDock):
@@ -73,6 +57,8 @@ class InferenceDock(JobDock):
     def _build(self) -> None:
         self.model_combo = QComboBox()
         self.model_combo.addItems([*(f"{name} (bundled)" for name in BUNDLED), FILE])
+        for i, title in enumerate(bundled_models().values()):
+            self.model_combo.setItemData(i, title, Qt.ItemDataRole.ToolTipRole)
         self.model_combo.setToolTip("The bundled models are demo models trained on the synthetic samples: "
                                     "train or pick your own for real scans")
         self.model_path = QLineEdit()
@@ -168,9 +154,8 @@ class InferenceDock(JobDock):
         case_id = tag["case_id"]
         self.warning.hide()
         self.status.setText(f"Predicting {case_id}…")
-        job = model_job(self._model_ref(), cohort, settings, [case_id], keep=True)
-        self.runner.start(job, title=f"predict {case_id}",
-                          on_done=lambda r: self._show_case(*r, tag=tag, affine=affine))
+        job = predict_cases_job(cohort, self._model_ref(), [case_id], settings=settings, keep=True)
+        self.runner.start(job, title=f"predict {case_id}", on_done=lambda r: self._show_case(r, tag=tag, affine=affine))
 
     def _on_run_cohort_clicked(self) -> None:
         ready = self._prepare()
@@ -181,8 +166,8 @@ class InferenceDock(JobDock):
         out = Path(self.out_dir.text().strip() or (src.parent if src.is_file() else src) / "predictions")
         self.warning.hide()
         self.status.setText(f"Predicting {len(cohort)} cases into {out}…")
-        job = model_job(self._model_ref(), cohort, settings, out_dir=out)
-        self.runner.start(job, title="predict cohort", on_done=lambda r: self._show_cohort(r[0], out))
+        job = predict_cases_job(cohort, self._model_ref(), out_dir=out, settings=settings)
+        self.runner.start(job, title="predict cohort", on_done=lambda r: self._show_cohort(r, out))
 
     def _on_train_clicked(self) -> None:
         """Train the cohort's default network (light 3D U-Net / 2D U-Net) on its train split."""
@@ -220,11 +205,17 @@ class InferenceDock(JobDock):
             self.model_combo.setCurrentText(f"{name} (bundled)")
 
     # ------------------------------------------------------------------ results (GUI thread)
-    def _show_case(self, result, ckpt, *, tag: dict, affine) -> None:
+    def _show_warnings(self, lines: list[str]) -> None:
+        """Say when the input is unlike the model's training data (spacing, size, channels, intensity)."""
+        self.warning.setText("⚠ Unlike the model's training data — results may be unreliable:<br>"
+                             + "<br>".join(lines) if lines else "")
+        self.warning.setVisible(bool(lines))
+
+    def _show_case(self, result, *, tag: dict, affine) -> None:
         case_id = tag["case_id"]
         pred = result.predictions[case_id]
         aff = np.asarray(affine if affine is not None else np.eye(4), dtype=float)
-        top = float(max_entropy(ckpt.config.head, len(ckpt.config.label_values)))
+        top = float(max_entropy(result.checkpoint.config.head, len(result.checkpoint.config.label_values)))
         layers = prediction_layers(pred, aff, case_id, {"fairseg": tag}, entropy_max=top)
         self.shown = show_layers(self.viewer, self.shown, layers)
         text = f"{case_id}: predicted on {result.device}"
@@ -234,6 +225,7 @@ class InferenceDock(JobDock):
                      + (" (empty prediction: scored as the maximum)" if s.get("roi_empty") else "")
                      + f"; mean entropy {s['mean_entropy']:.4f}")
         self.status.setText(text)
+        self._show_warnings(result.warnings.get(case_id, []))
 
     def _show_cohort(self, result, out: Path) -> None:
         msg = f"Predicted {len(result.scores)} cases on {result.device} in {result.seconds:.1f} s → {out}"
@@ -241,5 +233,6 @@ class InferenceDock(JobDock):
             top = result.scores.sort_values("masked_entropy", ascending=False).head(3)
             msg += "; most uncertain: " + ", ".join(f"{r.case_id} {r.masked_entropy:.3f}" for r in top.itertuples())
         self.status.setText(msg)
+        self._show_warnings(result.warning_summary)
         show_info(msg)
 

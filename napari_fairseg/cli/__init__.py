@@ -106,6 +106,8 @@ def _cmd_predict(args) -> int:
     result = run_with_bar(predict_pool_job(cohort, predictor, ids, out_dir=args.out, write_maps=not args.no_maps,
                                    checkpoint=ckpt), args.quiet)
     print(f"predicted {len(result.scores)} cases on {result.device} in {result.seconds:.1f} s -> {args.out}")
+    for line in result.warning_summary:  # inputs unlike the model's training data, once per kind
+        print(f"fairseg: warning: {line}", file=sys.stderr)
     if "masked_entropy" in result.scores:
         top = result.scores.sort_values("masked_entropy", ascending=False).head(5)
         print("most uncertain (masked scaled entropy): "
@@ -242,7 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("predict", help="predictions and uncertainty maps with a trained network")
     r.add_argument("cohort", help="manifest CSV or dataset folder")
-    r.add_argument("--model", required=True, help="checkpoint file, or 'brain' / 'fundus' for the bundled ones")
+    r.add_argument("--model", required=True,
+                   help="checkpoint file, or 'brain' / 'fundus': the bundled DEMO models, trained on synthetic "
+                        "data only (not for real scans)")
     r.add_argument("--out", required=True, help="output folder: <case_id> predictions, maps/, scores.csv")
     r.add_argument("--metadata", help="metadata table (CSV/XLSX) joined by case id")
     r.add_argument("--uncertainty", choices=["none", "entropy", "mc", "tta"], default="entropy")

@@ -1,16 +1,21 @@
 """Prediction: one network on one device, whole images or sliding windows, over a pool of cases.
 
 :class:`Predictor` turns normalised images ``(B, C, *S)`` into probabilities and uncertainty
-maps on its device. :func:`predict_pool_job` runs it over many cases of a cohort in batches,
-decoding the next batch from disk in a background thread while the current one computes, and
-yields a progress event per batch (cancel is checked there).
+maps on its device; :meth:`Predictor.predict_job` does it as a job that yields a ``forward``
+progress event after every forward pass (each MC-dropout / TTA pass, each batch of sliding
+windows), so that cancelling one large case is prompt. :func:`predict_pool_job` runs it over
+many cases of a cohort in batches, decoding the next batch from disk in a background thread
+while the current one computes, and yields a ``predict`` event per batch; it compares every
+case with the checkpoint's training geometry (:mod:`.domain`) and reports the differences.
+:func:`predict_cases_job` also loads the checkpoint inside the job (GUI: never on its thread).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,11 +30,14 @@ from ..data.arrays import CaseData, load_image, prediction_path, save_label
 from ..data.atomic import atomic_path, path_inside, write_csv_atomic
 from ..data.manifest import Cohort, refuse_overwriting_inputs
 from ..errors import InputDataError
-from ..models.checkpoint import Checkpoint, check_compatible
+from ..models.checkpoint import Checkpoint, check_compatible, load_checkpoint
 from ..models.networks import ModelConfig, pad_to_divisible, size_divisor
 from ..models.preprocess import normalise_intensity
-from ..progress import Job, Progress
+from ..models.zoo import resolve_checkpoint
+from ..progress import Job, Progress, run_job
 from .device import autocast, choose_device, describe
+from .domain import check_input, summarise_warnings
+from .sliding import sliding_window_steps, window_batches
 from .uncertainty import (
     EMPTY_RULES,
     PassAccumulator,
@@ -141,6 +149,40 @@ def _dropout_modules(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0]
 
 
+class _PrivateRng:
+    """A random stream of its own for MC dropout, swapped in around each step of a job.
+
+    Seeded like ``torch.manual_seed(seed)`` and carried from step to step, so the dropout masks
+    are those of an uninterrupted run, while the global random state between steps (whoever
+    runs while the job is suspended) is left as it was.
+    """
+
+    def __init__(self, seed: int, device: torch.device):
+        self.cuda = device.type == "cuda"
+        outer = self._get()
+        torch.manual_seed(seed)
+        self.state = self._get()
+        self._set(outer)
+
+    def _get(self):
+        return torch.random.get_rng_state(), (torch.cuda.get_rng_state_all() if self.cuda else None)
+
+    def _set(self, state) -> None:
+        torch.random.set_rng_state(state[0])
+        if self.cuda:
+            torch.cuda.set_rng_state_all(state[1])
+
+    @contextlib.contextmanager
+    def active(self):
+        outer = self._get()
+        self._set(self.state)
+        try:
+            yield
+        finally:
+            self.state = self._get()
+            self._set(outer)
+
+
 class Predictor:
     """A network on a device, ready to predict normalised images.
 
@@ -174,49 +216,94 @@ class Predictor:
         return self.device.type != "cpu" or (os.cpu_count() or 1) > torch.get_num_threads()
 
     # ------------------------------------------------------------------ forward
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
+    def _step(self, rng: _PrivateRng | None = None) -> contextlib.ExitStack:
+        """The context of one step of computation: inference mode, autocast and, for MC, its RNG.
+
+        Jobs enter it around each step and never yield inside it, so a suspended job leaves
+        its consumer's grad mode, autocast and random state as they were.
+        """
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.inference_mode())
+        stack.enter_context(autocast(self.device, self.settings.amp))
+        if rng is not None:
+            stack.enter_context(rng.active())
+        return stack
+
+    def _sliding(self, spatial: Sequence[int]) -> bool:
+        patch = self.config.patch_size
+        return patch is not None and any(s > p for s, p in zip(spatial, patch, strict=True))
+
+    def forward_steps(self, shape: Sequence[int]) -> int:
+        """Forward passes of one prediction pass over a batch of ``shape`` ``(B, C, *S)``."""
+        if not self._sliding(shape[2:]):
+            return 1
+        return window_batches(shape[2:], self.config.patch_size, self.settings.sw_batch_size, shape[0],
+                              overlap=self.settings.overlap)
+
+    def passes(self, spatial_dims: int | None = None) -> int:
+        """Prediction passes per batch: MC-dropout passes, 1 + one flip per axis for TTA, else 1."""
+        mode = self.settings.uncertainty
+        if mode == "mc":
+            return self.settings.passes
+        return 1 + (spatial_dims or self.config.spatial_dims) if mode == "tta" else 1
+
+    def _logits_steps(self, x: torch.Tensor, tick: Callable[[], Progress],
+                      rng: _PrivateRng | None = None) -> Generator[Progress, None, torch.Tensor]:
         """Logits ``(B, K, *S)`` float32 for normalised images ``x`` ``(B, C, *S)`` on the device.
 
-        Images larger than the model's patch go through MONAI sliding-window inference (Gaussian
-        blending); others are padded to the network's size divisor and cropped back.
+        Images larger than the model's patch go through sliding-window inference (Gaussian
+        blending, MONAI's windows; one step per window batch); others are padded to the
+        network's size divisor and cropped back (one step).
         """
-        patch = self.config.patch_size
-        with torch.inference_mode(), autocast(self.device, self.settings.amp):
-            if patch is not None and any(s > p for s, p in zip(x.shape[2:], patch, strict=True)):
-                from monai.inferers import sliding_window_inference
+        def step():
+            return self._step(rng)
 
-                out = sliding_window_inference(x, patch, self.settings.sw_batch_size, self.model,
-                                               overlap=self.settings.overlap, mode="gaussian")
-            else:
-                xp, crop = pad_to_divisible(x, self.divisor, minimum=patch)
+        if self._sliding(x.shape[2:]):
+            windows = sliding_window_steps(x, self.config.patch_size, self.settings.sw_batch_size, self.model,
+                                           overlap=self.settings.overlap, mode="gaussian", step=step)
+            while True:
+                try:
+                    next(windows)
+                except StopIteration as stop:
+                    out = stop.value
+                    break
+                yield tick()
+        else:
+            with step():
+                xp, crop = pad_to_divisible(x, self.divisor, minimum=self.config.patch_size)
                 out = self.model(xp)[crop]
+            yield tick()
         return out.float()
 
-    def _passes(self, x: torch.Tensor) -> PassAccumulator | torch.Tensor:
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, K, *S)`` float32 for normalised images ``x`` ``(B, C, *S)`` on the device."""
+        return run_job(self._logits_steps(x, lambda: Progress("forward")))
+
+    def _passes(self, x: torch.Tensor, tick: Callable[[], Progress]
+                ) -> Generator[Progress, None, PassAccumulator | torch.Tensor]:
         mode, head = self.settings.uncertainty, self.config.head
         if mode not in ("mc", "tta"):
-            return probabilities(self.logits(x), head)
+            return probabilities((yield from self._logits_steps(x, tick)), head)
         acc = PassAccumulator(head)
         if mode == "mc":
             drops = _dropout_modules(self.model)
             if not drops:
                 raise InputDataError(None, "MC dropout needs a model trained with dropout > 0; this one has "
                                      "no dropout layers (use uncertainty 'tta', or train with --dropout 0.1)")
-            gen_state = torch.random.get_rng_state()
-            torch.manual_seed(self.settings.seed)
+            rng = _PrivateRng(self.settings.seed, self.device)
             try:
                 for m in drops:
                     m.train()
                 for _ in range(self.settings.passes):
-                    acc.add(probabilities(self.logits(x), head))
+                    acc.add(probabilities((yield from self._logits_steps(x, tick, rng)), head))
             finally:
                 for m in drops:
                     m.eval()
-                torch.random.set_rng_state(gen_state)
         elif mode == "tta":
-            acc.add(probabilities(self.logits(x), head))
+            acc.add(probabilities((yield from self._logits_steps(x, tick)), head))
             for axis in range(2, x.ndim):
-                acc.add(torch.flip(probabilities(self.logits(torch.flip(x, (axis,))), head), (axis,)))
+                flipped = yield from self._logits_steps(torch.flip(x, (axis,)), tick)
+                acc.add(torch.flip(probabilities(flipped, head), (axis,)))
         return acc
 
     def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -225,11 +312,30 @@ class Predictor:
         Returns a dict of tensors: ``probability`` ``(B, K, *S)``, ``label`` ``(B, *S)``,
         ``entropy`` and ``roi`` ``(B, *S)``, ``mutual_information`` (MC / TTA only), and per-case
         ``(B,)`` ``mean_entropy``, ``masked_entropy``, ``roi_voxels``, ``roi_empty``,
-        ``foreground_voxels``.
+        ``foreground_voxels``. :meth:`predict_job` is the same as a cancellable job.
+        """
+        return run_job(self.predict_job(x))
+
+    def predict_job(self, x: torch.Tensor, *, label: str = "") -> Job[dict[str, torch.Tensor]]:
+        """:meth:`predict` as a job: yields ``Progress("forward", k, total, ...)`` after every forward pass.
+
+        ``total`` is passes × window batches (:meth:`passes`, :meth:`forward_steps`); closing the
+        job between events stops it there (dropout back off, random state untouched).
+        ``label`` starts each event's message (the case ids).
         """
         s, cfg = self.settings, self.config
         x = x.to(self.device, non_blocking=True)
-        acc = self._passes(x)
+        per_pass, n_pass = self.forward_steps(tuple(x.shape)), self.passes(x.ndim - 2)
+        counter = iter(range(1, per_pass * n_pass + 1))
+
+        def tick() -> Progress:
+            k = next(counter)
+            where = f"pass {(k - 1) // per_pass + 1}/{n_pass}" if n_pass > 1 else ""
+            if per_pass > 1:
+                where += (", " if where else "") + f"windows {(k - 1) % per_pass + 1}/{per_pass}"
+            return Progress("forward", k, per_pass * n_pass, ": ".join(t for t in (label, where) if t))
+
+        acc = yield from self._passes(x, tick)
         prob = acc.mean() if isinstance(acc, PassAccumulator) else acc
         out = {"probability": prob, "label": decode(prob, cfg.head, cfg.label_values)}
         if s.uncertainty == "none":
@@ -257,6 +363,8 @@ class Predictor:
 
 # --------------------------------------------------------------------------- pool
 PER_CASE_SCORES = ("mean_entropy", "masked_entropy", "roi_voxels", "roi_empty", "foreground_voxels")
+#: Joins a case's warning sentences in the ``warnings`` column of the scores.
+WARNING_SEP = " | "
 
 
 def _split(out: dict[str, torch.Tensor], ids: Sequence[str]) -> list[CasePrediction]:
@@ -309,12 +417,24 @@ class PoolResult:
     device : str
     seconds : float
         Wall time of the job.
+    warnings : dict of str to list of str
+        Per case id, how it differs from the model's training data
+        (:func:`~.domain.input_warnings`); only cases with warnings, and only when the job was
+        given the ``checkpoint``.
+    warning_summary : list of str
+        One line per kind of warning with its number of cases (:func:`~.domain.summarise_warnings`),
+        for a status line or the terminal.
+    checkpoint : Checkpoint or None
+        The checkpoint the job was given (its head and labels scale the entropy maps).
     """
 
     scores: pd.DataFrame
     predictions: dict = field(default_factory=dict)
     device: str = ""
     seconds: float = 0.0
+    warnings: dict = field(default_factory=dict)
+    warning_summary: list = field(default_factory=list)
+    checkpoint: Checkpoint | None = None
 
 
 def predict_pool_job(cohort: Cohort, predictor: Predictor, case_ids: Sequence[str] | None = None, *,
@@ -334,7 +454,12 @@ def predict_pool_job(cohort: Cohort, predictor: Predictor, case_ids: Sequence[st
     keep : bool
         Return every :class:`CasePrediction` in memory (for the viewer and active learning).
     checkpoint : Checkpoint, optional
-        Checked against the cohort (task, channels, dimensions) before any work.
+        Checked against the cohort (task, channels, dimensions) before any work, and each case
+        against its training geometry: the differences go to the result's ``warnings`` and to a
+        ``warnings`` column of the scores (sentences joined by `` | ``, empty for none).
+
+    Yields ``predict`` events per batch and, within a batch, ``forward`` events per forward
+    pass (:meth:`Predictor.predict_job`).
     """
     t0 = time.perf_counter()
     ids = list(cohort.case_ids if case_ids is None else case_ids)
@@ -346,7 +471,7 @@ def predict_pool_job(cohort: Cohort, predictor: Predictor, case_ids: Sequence[st
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         refuse_overwriting_inputs(out, cohort)
-    rows, kept = [], {}
+    rows, kept, warned = [], {}, {}
     yield Progress("predict", 0, len(ids), f"on {predictor.device_name}")
     if not batches:
         return PoolResult(pd.DataFrame(columns=["case_id", *PER_CASE_SCORES]), {}, predictor.device_name, 0.0)
@@ -371,11 +496,19 @@ def predict_pool_job(cohort: Cohort, predictor: Predictor, case_ids: Sequence[st
                     raise InputDataError(group[0][0].case_id, f"image shape {tuple(x.shape[1:])} does not fit the "
                                          f"model ({predictor.config.in_channels} channel(s), "
                                          f"{predictor.config.spatial_dims}D)")
-                preds = _split(predictor.predict(x), [g[0].case_id for g in group])
+                names = [g[0].case_id for g in group]
+                label = names[0] if len(names) == 1 else f"{names[0]} +{len(names) - 1}"
+                preds = _split((yield from predictor.predict_job(x, label=label)), names)
                 for (case, _), pred in zip(group, preds, strict=True):
                     if out is not None:
                         write_case_outputs(cohort, out, case, pred, maps=write_maps)
-                    rows.append({"case_id": case.case_id, **pred.scores})
+                    row = {"case_id": case.case_id, **pred.scores}
+                    if checkpoint is not None:
+                        found = check_input(checkpoint, case.image, case.spacing)
+                        if found:
+                            warned[case.case_id] = found
+                        row["warnings"] = WARNING_SEP.join(w.message for w in found)
+                    rows.append(row)
                     if keep:
                         kept[case.case_id] = pred
             done += len(decoded)
@@ -383,7 +516,35 @@ def predict_pool_job(cohort: Cohort, predictor: Predictor, case_ids: Sequence[st
     scores = pd.DataFrame(rows)
     if out is not None and not scores.empty:
         write_csv_atomic(out / "scores.csv", scores)
-    return PoolResult(scores, kept, predictor.device_name, time.perf_counter() - t0)
+    return PoolResult(scores, kept, predictor.device_name, time.perf_counter() - t0,
+                      {c: [w.message for w in ws] for c, ws in warned.items()},
+                      summarise_warnings({r["case_id"]: warned.get(r["case_id"], []) for r in rows}), checkpoint)
+
+
+def predict_cases_job(cohort: Cohort, model: str | Path | Checkpoint, case_ids: Sequence[str] | None = None, *,
+                      settings: InferenceConfig = InferenceConfig(), out_dir: str | Path | None = None,
+                      keep: bool = False, write_maps: bool = True) -> Job[PoolResult]:
+    """Load a checkpoint, then :func:`predict_pool_job` — all inside the job.
+
+    The first event is ``Progress("load", 0, 1, "Loading model…")``; the checkpoint is read,
+    checked against the cohort and put on its device before the first case, so a GUI runs
+    this whole job in a worker and never loads a model on its own thread.
+
+    Parameters
+    ----------
+    model : str, path or Checkpoint
+        A checkpoint file, or ``brain`` / ``fundus`` for the bundled DEMO checkpoints.
+    case_ids, out_dir, keep, write_maps
+        As in :func:`predict_pool_job`.
+    settings : InferenceConfig
+    """
+    yield Progress("load", 0, 1, "Loading model…")
+    ckpt = model if isinstance(model, Checkpoint) else load_checkpoint(resolve_checkpoint(model))
+    check_compatible(ckpt, cohort)
+    predictor = Predictor.from_checkpoint(ckpt, settings)
+    yield Progress("load", 1, 1, f"{ckpt.meta.get('display_name') or ckpt.config.network} on {predictor.device_name}")
+    return (yield from predict_pool_job(cohort, predictor, case_ids, out_dir=out_dir, keep=keep,
+                                        write_maps=write_maps, checkpoint=ckpt))
 
 
 def map_path(cohort: Cohort, out_dir: str | Path, case_id: str, name: str | None = None) -> Path:

@@ -80,12 +80,16 @@ def _version() -> str:
 def save_checkpoint(path: str | Path, model: nn.Module, config: ModelConfig, meta: dict | None = None, *,
                     train_state: dict | None = None) -> Path:
     """Write ``model``'s weights, ``config`` and ``meta`` to ``path`` atomically."""
+    return _write(path, model.state_dict(), config, meta, train_state)
+
+
+def _write(path, state_dict: dict, config: ModelConfig, meta: dict | None, train_state: dict | None) -> Path:
     meta = dict(meta or {})
     meta.setdefault("package_version", _version())
     meta.setdefault("created", _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION,
                "config": json.dumps(config.to_dict()), "meta": json.dumps(meta, default=_json_default),
-               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+               "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()}}
     if train_state is not None:
         payload["train_state"] = train_state
     buf = io.BytesIO()
@@ -200,9 +204,27 @@ def _names(classes: dict) -> str:
     return ", ".join(f"{k}={list(v)}" for k, v in classes.items()) or "no classes recorded"
 
 
-def export_checkpoint(src: str | Path, dst: str | Path) -> Path:
-    """Copy a checkpoint without its training state (for sharing: weights and metadata only)."""
+def export_checkpoint(src: str | Path, dst: str | Path, *, meta: dict | None = None) -> Path:
+    """Copy a checkpoint without its training state (for sharing: weights and metadata only).
+
+    The embedded training log is dropped and ``meta`` entries are added or replaced; the weights
+    are written back exactly as read (bit-identical tensors).
+    """
     ckpt = load_checkpoint(src)
-    model = ckpt.build("cpu")
-    meta = {k: v for k, v in ckpt.meta.items() if k != "log"}
-    return save_checkpoint(dst, model, ckpt.config, meta)
+    if ckpt.state_dict is None:
+        raise InputDataError(ckpt.path, "checkpoint holds no weights to export")
+    ckpt.build("cpu")  # refuses weights that do not fit the network
+    kept = {k: v for k, v in ckpt.meta.items() if k != "log"}
+    return _write(dst, ckpt.state_dict, ckpt.config, {**kept, **(meta or {})}, None)
+
+
+def weights_digest(ckpt: Checkpoint) -> str:
+    """SHA-256 of a checkpoint's weights (names, dtypes, shapes and bytes, in name order)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(ckpt.state_dict or {}):
+        t = ckpt.state_dict[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.view(torch.int16).numpy().tobytes())
+    return h.hexdigest()

@@ -1,8 +1,11 @@
-"""Checkpoints that ship with the package, one per bundled sample cohort.
+"""Checkpoints that ship with the package, one per bundled sample cohort: DEMO models.
 
-They were trained by this project's own ``fairseg train`` (commands in ``bundled/README.md``), so
-``fairseg demo`` and the viewer show real predictions at once. ``--model brain`` or
-``--model fundus`` on the command line names them.
+They were trained by this project's own ``fairseg train`` (commands in ``bundled/README.md``) on
+the *synthetic* sample cohorts, so ``fairseg demo`` and the viewer show real predictions at once.
+They are demonstrations, not models for real scans: on anything unlike their synthetic training
+data (another spacing, size, modality) they fail, and prediction says so
+(:mod:`napari_fairseg.inference.domain`). ``--model brain`` or ``--model fundus`` on the command
+line names them; their checkpoints carry :data:`BUNDLED_META` (``display_name``, ``description``).
 """
 
 from __future__ import annotations
@@ -13,6 +16,19 @@ from ..errors import InputDataError
 
 ZOO = Path(__file__).resolve().parent / "bundled"
 BUNDLED = {"brain": "brain-light-unet.pt", "fundus": "fundus-unet2d.pt"}
+#: Metadata written into the bundled checkpoints (``make zoo``) and shown wherever they are listed.
+BUNDLED_META = {
+    "brain": {"display_name": "brain DEMO (synthetic, caudate)",
+              "description": "DEMO model trained on synthetic data: a light 3D U-Net for the left caudate, "
+                             "trained on 12 synthetic brains (the MNI152 template warped, 64×64×48 voxels at "
+                             "1.5 mm, `fairseg sample brain`). Not for real scans: other spacings, sizes or "
+                             "modalities give unreliable results."},
+    "fundus": {"display_name": "fundus DEMO (synthetic, disc/cup)",
+               "description": "DEMO model trained on synthetic data: a 2D U-Net for optic disc and cup, trained "
+                              "on 30 synthetic SLO fundus images (128×128, one channel, the bundled "
+                              "sample_data/fundus). Not for real photographs: other sizes or colour images "
+                              "give unreliable results."},
+}
 
 
 def bundled_checkpoint(name: str) -> Path:
@@ -20,6 +36,11 @@ def bundled_checkpoint(name: str) -> Path:
     if name not in BUNDLED:
         raise ValueError(f"bundled checkpoint must be one of {tuple(BUNDLED)}, got {name!r}")
     return ZOO / BUNDLED[name]
+
+
+def bundled_models() -> dict[str, str]:
+    """The bundled checkpoints for a listing: name → display name (each a DEMO model on synthetic data)."""
+    return {name: BUNDLED_META[name]["display_name"] for name in BUNDLED}
 
 
 def resolve_checkpoint(ref: str | Path) -> Path:

@@ -26,12 +26,14 @@ from ..data.attributes import bin_continuous
 from ..data.manifest import Cohort
 from ..errors import FairSegError, InputDataError
 from ..inference.device import autocast, choose_device, describe
+from ..inference.domain import case_summary, cohort_geometry, spacing_unit, training_geometry
 from ..inference.predict import InferenceConfig, Predictor
 from ..metrics.overlap import overlap_metrics
 from ..models.checkpoint import (
     Checkpoint,
     check_compatible,
     cohort_label_values,
+    export_checkpoint,
     load_checkpoint,
     save_checkpoint,
 )
@@ -202,19 +204,25 @@ def split_train_val(cohort: Cohort, group_attribute: str | None, *, val_fraction
 
 
 class CaseCache:
-    """Decoded, normalised cases (images, class maps and targets) held in memory, by case id."""
+    """Decoded, normalised cases (images, class maps and targets) held in memory, by case id.
+
+    ``summary`` keeps each case's raw geometry and intensity statistics
+    (:func:`~napari_fairseg.inference.domain.case_summary`) for the checkpoint's training record.
+    """
 
     def __init__(self, cohort: Cohort, config: ModelConfig):
         self.cohort, self.config = cohort, config
         self.image: dict[str, np.ndarray] = {}
         self.target: dict[str, np.ndarray] = {}
         self.label: dict[str, np.ndarray] = {}
+        self.summary: dict[str, dict] = {}
 
     def load(self, cid: str, *, with_label: bool = True) -> None:
         case = load_case(self.cohort, cid) if with_label else load_image(self.cohort, cid)
         if case.image.ndim - 1 != self.config.spatial_dims or case.image.shape[0] != self.config.in_channels:
             raise InputDataError(cid, f"image shape {case.image.shape} does not fit the model "
                                  f"({self.config.in_channels} channel(s), {self.config.spatial_dims}D)")
+        self.summary[cid] = case_summary(case.image, case.spacing)
         self.image[cid] = normalise_intensity(case.image, self.config.intensity, source=cid)
         if with_label:
             self.label[cid] = case.label
@@ -383,7 +391,9 @@ def train_job(cohort: Cohort, model_config: ModelConfig | None = None, config: T
     log_path = Path(log_path) if log_path is not None else (out.with_name(out.stem + ".log.csv") if out else None)
     meta = {"classes": cohort.classes, "cohort": cohort.name, "attributes": cohort.attributes,
             "group_attribute": group_attribute, "device": describe(device), "loss": loss_name,
-            "train_config": json.dumps(asdict(config)), "n_train": len(tr_ids), "n_val": len(va_ids)}
+            "train_config": json.dumps(asdict(config)), "n_train": len(tr_ids), "n_val": len(va_ids),
+            "training_geometry": training_geometry([data.summary[c] for c in tr_ids],
+                                                   spacing_unit=spacing_unit(cohort))}
 
     for epoch in range(start_epoch, config.epochs):
         t_epoch = time.perf_counter()
@@ -451,3 +461,26 @@ def train_job(cohort: Cohort, model_config: ModelConfig | None = None, config: T
     model.eval()
     meta["seconds"] = round(time.perf_counter() - t_start, 2)
     return TrainResult(model, model_config, pd.DataFrame(log_rows), out, meta)
+
+
+def record_training_geometry(src: str | Path, dst: str | Path, cohort: Cohort, *, meta: dict | None = None) -> Path:
+    """Export checkpoint ``src`` to ``dst`` with its training-geometry record, without retraining.
+
+    For checkpoints trained before :func:`train_job` recorded the geometry (the bundled ones):
+    the run's training cases are found again from the settings the checkpoint stores (split,
+    seed, validation fraction, group attribute) and measured on ``cohort``, which must be the
+    cohort it was trained on. A record already present is kept. The weights are written back
+    unchanged; ``meta`` entries (a ``display_name``, a ``description``) are added.
+    """
+    ckpt = load_checkpoint(src)
+    extra = dict(meta or {})
+    if "training_geometry" not in ckpt.meta:
+        stored = TrainConfig(**json.loads(ckpt.meta.get("train_config", "{}")))
+        group = ckpt.meta.get("group_attribute")
+        tr_ids, va_ids = split_train_val(cohort, group, val_fraction=stored.val_fraction, seed=stored.seed)
+        if (len(tr_ids), len(va_ids)) != (ckpt.meta.get("n_train"), ckpt.meta.get("n_val")):
+            raise InputDataError(src, f"cohort {cohort.name!r} gives {len(tr_ids)} training / {len(va_ids)} "
+                                 f"validation cases but the checkpoint was trained on {ckpt.meta.get('n_train')} / "
+                                 f"{ckpt.meta.get('n_val')}: it is not the cohort this model was trained on")
+        extra["training_geometry"] = cohort_geometry(cohort, tr_ids)
+    return export_checkpoint(src, dst, meta=extra)

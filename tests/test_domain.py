@@ -1,0 +1,170 @@
+"""Inputs unlike a model's training data are flagged: training-geometry records and input warnings."""
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from napari_fairseg.cli import main
+from napari_fairseg.data.arrays import load_image
+from napari_fairseg.data.manifest import write_manifest
+from napari_fairseg.inference import input_warnings
+from napari_fairseg.inference.domain import (
+    SIZE_TOLERANCE,
+    SPACING_TOLERANCE,
+    UNKNOWN_GEOMETRY,
+    case_summary,
+    check_input,
+    summarise_warnings,
+    training_geometry,
+)
+from napari_fairseg.models import load_checkpoint
+from napari_fairseg.models.zoo import bundled_checkpoint
+
+
+@pytest.fixture(scope="module")
+def brain_model():
+    return load_checkpoint(bundled_checkpoint("brain"))
+
+
+@pytest.fixture(scope="module")
+def fundus_model():
+    return load_checkpoint(bundled_checkpoint("fundus"))
+
+
+def kinds(source, image, spacing=None):
+    return [w.kind for w in check_input(source, image, spacing)]
+
+
+def test_mni152_at_1mm_warns_the_brain_model_about_spacing_and_size(brain_model):
+    from nilearn.datasets import load_mni152_template
+
+    mni = load_mni152_template(resolution=1)
+    image = np.asarray(mni.dataobj, dtype=np.float32)[None]
+    found = input_warnings(brain_model, image, mni.header.get_zooms()[:3])
+    assert len(found) == 2, found
+    assert found[0].startswith("spacing 1×1×1 mm differs from the model's training spacing 1.5×1.5×1.5 mm (×0.67)")
+    assert "resample" in found[0]
+    assert found[1].startswith("image size 197×233×189 voxels is far from the model's training images (64×64×48")
+    assert kinds(brain_model, image, (1.0, 1.0, 1.0)) == ["spacing", "size"]  # same T1 contrast: no intensity
+
+
+def test_the_brain_sample_cohort_itself_gives_no_warning(tmp_path, brain_model):
+    from napari_fairseg.data.synthetic import make_sample
+
+    cohort = make_sample("brain", tmp_path / "b", n_cases=3, seed=11)  # the zoo cohort's generator, new cases
+    for cid in cohort.case_ids:
+        case = load_image(cohort, cid)
+        assert input_warnings(brain_model, case.image, case.spacing) == [], cid
+
+
+def test_the_fundus_sample_gives_no_warning_and_retina_rgb_warns(fundus, fundus_model):
+    for cid in fundus.case_ids:
+        case = load_image(fundus, cid)
+        assert input_warnings(fundus_model, case.image, case.spacing) == [], cid
+    from skimage.data import retina
+
+    rgb = np.moveaxis(retina(), -1, 0)  # (3, 1411, 1411) uint8
+    found = check_input(fundus_model, rgb, (1.0, 1.0))
+    assert [w.kind for w in found] == ["channels", "size"]
+    assert "3 channel(s) but the model was trained on 1" in found[0].message
+    assert "1411×1411 pixels" in found[1].message and "128×128 pixels" in found[1].message
+    assert kinds(fundus_model, rgb.mean(axis=0)) == ["size"]  # grey, no channel axis: one channel
+
+
+def test_a_checkpoint_without_a_record_gives_one_unknown_geometry_warning(brain_model):
+    old = {k: v for k, v in brain_model.meta.items() if k != "training_geometry"}
+    image = np.zeros((1, 300, 300, 300), np.float32)
+    assert input_warnings(old, image, (0.5, 0.5, 0.5)) == [UNKNOWN_GEOMETRY]
+
+
+def _record(spacing=(1.5, 1.5, 1.5), size=(64, 64, 48), lo=0.0, hi=1.0):
+    rng = np.random.default_rng(0)
+    image = rng.uniform(lo, hi, (1, *size)).astype(np.float32)
+    return training_geometry([case_summary(image, spacing)]), image
+
+
+def test_thresholds_are_the_documented_ones():
+    record, image = _record()
+    inside, outside = 1.5 * SPACING_TOLERANCE * 0.99, 1.5 * SPACING_TOLERANCE * 1.01
+    assert kinds(record, image, (inside, 1.5, 1.5)) == []
+    assert kinds(record, image, (outside, 1.5, 1.5)) == ["spacing"]
+    assert kinds(record, image, (1.5, 1.5, 1.5 / SPACING_TOLERANCE / 1.01)) == ["spacing"]
+    assert kinds(record, image, None) == []  # spacing unknown: not compared
+    small = int(64 / SIZE_TOLERANCE) + 1
+    assert kinds(record, image[:, :small], (1.5,) * 3) == []
+    assert kinds(record, image[:, :small - 2], (1.5,) * 3) == ["size"]
+    assert kinds(record, image * 1000, (1.5,) * 3) == ["intensity"]  # raw 0–1000 against 0–1
+    assert kinds(record, image + 0.2, (1.5,) * 3) == []  # a shift within a quarter width
+    assert kinds(record, image[0], (1.5,) * 3) == []  # no channel axis: one channel
+    assert kinds(record, image[0, 0], (1.5, 1.5)) == ["dimensions"]
+
+
+def test_summary_counts_cases_per_kind():
+    record, image = _record()
+    per_case = {"a": check_input(record, image, (1.0, 1.0, 1.0)), "b": check_input(record, image, (1.0, 1.0, 1.0)),
+                "c": check_input(record, image, (0.8, 0.8, 0.8)), "d": check_input(record, image, (1.5,) * 3)}
+    lines = summarise_warnings(per_case)
+    assert len(lines) == 1 and lines[0].startswith("3 of 4 case(s), e.g. a: spacing 1×1×1 mm")
+
+
+@pytest.fixture(scope="module")
+def coarse_brain(tiny_brain, tmp_path_factory):
+    """The tiny brain cohort (32×32×24 at 3 mm): twice the bundled brain model's spacing."""
+    return write_manifest(tiny_brain, tmp_path_factory.mktemp("coarse") / "manifest.csv")
+
+
+def test_fairseg_predict_prints_each_warning_once_and_writes_them_to_scores(tmp_path, coarse_brain, tiny_brain,
+                                                                            capsys):
+    rc = main(["--quiet", "predict", str(coarse_brain), "--model", "brain", "--out", str(tmp_path / "p"),
+               "--device", "cpu", "--uncertainty", "none"])
+    assert rc == 0
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("fairseg: warning:")]
+    n = len(tiny_brain)
+    assert len(lines) == 2, err
+    assert lines[0].startswith(f"fairseg: warning: {n} of {n} case(s): spacing 3×3×3 mm differs from the model's "
+                               "training spacing 1.5×1.5×1.5 mm (×2)")
+    assert lines[1].startswith(f"fairseg: warning: {n} of {n} case(s): image size 32×32×24 voxels")
+    scores = pd.read_csv(tmp_path / "p" / "scores.csv")
+    assert len(scores) == n
+    for text in scores["warnings"]:
+        assert text.split(" | ")[0].startswith("spacing 3×3×3 mm") and "image size 32×32×24" in text
+
+
+def test_fairseg_predict_on_its_own_training_kind_warns_nothing(tmp_path, capsys):
+    from pathlib import Path
+
+    fundus_dir = Path(__file__).resolve().parent.parent / "sample_data" / "fundus"
+    rc = main(["--quiet", "predict", str(fundus_dir), "--model", "fundus", "--out", str(tmp_path / "p"),
+               "--device", "cpu", "--split", "test", "--uncertainty", "none", "--no-maps"])
+    assert rc == 0
+    assert "warning" not in capsys.readouterr().err
+    scores = pd.read_csv(tmp_path / "p" / "scores.csv", keep_default_na=False)
+    assert set(scores["warnings"]) == {""}
+
+
+def test_mni152_through_the_pool_job_reaches_the_result(tmp_path, brain_model):
+    """The dock's path: the warnings come back in the job's result (MNI152 downsampled to 2 mm for speed)."""
+    from nilearn.datasets import load_mni152_template
+
+    from napari_fairseg.data.manifest import Cohort
+    from napari_fairseg.inference import InferenceConfig, predict_cases_job
+    from napari_fairseg.progress import run_job
+
+    mni = load_mni152_template(resolution=2)
+    path = tmp_path / "mni.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(mni.dataobj, dtype=np.float32), mni.affine), str(path))
+    cohort = Cohort(pd.DataFrame([{"case_id": "mni", "image": str(path), "label": "", "split": "test"}]),
+                    "nifti", {"caudate": (1,)}, "mni")
+    res = run_job(predict_cases_job(cohort, "brain", settings=InferenceConfig(device="cpu", uncertainty="none")))
+    assert [w.split(" ")[0] for w in res.warnings["mni"]] == ["spacing", "image"]
+    assert "(×1.3)" in res.warnings["mni"][0]
+    assert len(res.warning_summary) == 2 and res.warning_summary[0].startswith("1 of 1 case(s): spacing 2×2×2 mm")
+
+
+def test_predict_help_names_the_bundled_models_demo_models(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["predict", "--help"])
+    assert stop.value.code == 0
+    assert "bundled DEMO models, trained on synthetic data" in " ".join(capsys.readouterr().out.split())
