@@ -168,3 +168,24 @@ def test_predict_help_names_the_bundled_models_demo_models(capsys):
         main(["predict", "--help"])
     assert stop.value.code == 0
     assert "bundled DEMO models, trained on synthetic data" in " ".join(capsys.readouterr().out.split())
+
+
+def test_an_rgb_photo_on_a_one_channel_model_is_converted_to_grey_with_a_note(tmp_path):
+    from PIL import Image
+
+    from napari_fairseg.data.readers import open_cohort
+    from napari_fairseg.inference import InferenceConfig, predict_cases_job
+    from napari_fairseg.models.preprocess import GREY_NOTE, LUMA, match_channels
+    from napari_fairseg.progress import run_job
+
+    rng = np.random.default_rng(0)
+    rgb = (rng.random((3, 48, 40)) * 255).astype(np.float32)
+    grey, note = match_channels(rgb, 1)
+    np.testing.assert_allclose(grey[0], LUMA[0] * rgb[0] + LUMA[1] * rgb[1] + LUMA[2] * rgb[2], rtol=1e-6)
+    assert note == GREY_NOTE and match_channels(rgb, 3) == (rgb, None)  # a 3-channel model takes it as it is
+
+    Image.fromarray(np.moveaxis(rgb, 0, -1).astype(np.uint8)).save(tmp_path / "eye.png")
+    cohort = open_cohort(tmp_path, classes={"cup": (2,), "rim": (1,), "disc": (1, 2)})
+    result = run_job(predict_cases_job(cohort, "fundus", ["eye"], settings=InferenceConfig(device="cpu"), keep=True))
+    assert result.predictions["eye"].label.shape == (48, 40)
+    assert result.warnings["eye"][0] == GREY_NOTE and GREY_NOTE in result.scores.loc[0, "warnings"]

@@ -43,8 +43,7 @@ from ..active import STRATEGIES, Project, RoundConfig, round_job
 from ..data.arrays import load_image
 from ..data.layers import case_tag, cohort_of, image_layer, labels_layer
 from ..errors import InputDataError, user_message
-from ..inference import InferenceConfig, Predictor, predict_pool_job
-from ..models.checkpoint import load_checkpoint
+from ..inference import InferenceConfig, predict_cases_job
 from .cohort_dock import FILE_ERRORS
 from .viewer_layers import current_case, focus_on, show_layers
 from .workers import JobDock
@@ -290,9 +289,8 @@ class ActiveLearningDock(JobDock):
         if ckpt_path is None:
             show_error("No round model yet: press Suggest first")
             return
-        ckpt = load_checkpoint(ckpt_path)
-        predictor = Predictor.from_checkpoint(ckpt, InferenceConfig(uncertainty="none"))
-        job = predict_pool_job(self.project.cohort, predictor, [case_id], keep=True)
+        job = predict_cases_job(self.project.cohort, ckpt_path, [case_id], settings=InferenceConfig(uncertainty="none"),
+                                keep=True)  # the model loads in the worker
         self.runner.start(job, title=f"pre-fill {case_id}",
                           on_done=lambda r: self._show(case_id, r.predictions[case_id].label))
 

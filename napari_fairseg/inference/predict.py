@@ -32,11 +32,11 @@ from ..data.manifest import Cohort, refuse_overwriting_inputs
 from ..errors import InputDataError
 from ..models.checkpoint import Checkpoint, check_compatible, load_checkpoint
 from ..models.networks import ModelConfig, pad_to_divisible, size_divisor
-from ..models.preprocess import normalise_intensity
+from ..models.preprocess import match_channels, normalise_intensity
 from ..models.zoo import resolve_checkpoint
 from ..progress import Job, Progress, run_job
 from .device import autocast, choose_device, describe
-from .domain import check_input, summarise_warnings
+from .domain import DomainWarning, check_input, summarise_warnings
 from .sliding import sliding_window_steps, window_batches
 from .uncertainty import (
     EMPTY_RULES,
@@ -379,11 +379,15 @@ def _split(out: dict[str, torch.Tensor], ids: Sequence[str]) -> list[CasePredict
     return preds
 
 
-def _decode_batch(cohort: Cohort, ids: Sequence[str], intensity: str) -> list[tuple[CaseData, np.ndarray]]:
+def _decode_batch(cohort: Cohort, ids: Sequence[str], intensity: str,
+                  channels: int) -> list[tuple[CaseData, np.ndarray, str | None]]:
+    """``(case, normalised image, note)`` per case; an RGB photo for a 1-channel model is
+    converted to grey, and the note says so."""
     out = []
     for cid in ids:
         case = load_image(cohort, cid)
-        out.append((case, normalise_intensity(case.image, intensity, source=cid)))
+        case.image, note = match_channels(case.image, channels)
+        out.append((case, normalise_intensity(case.image, intensity, source=cid), note))
     return out
 
 
@@ -475,12 +479,12 @@ def predict_pool_job(cohort: Cohort, predictor: Predictor, case_ids: Sequence[st
     yield Progress("predict", 0, len(ids), f"on {predictor.device_name}")
     if not batches:
         return PoolResult(pd.DataFrame(columns=["case_id", *PER_CASE_SCORES]), {}, predictor.device_name, 0.0)
-    intensity = predictor.config.intensity
+    intensity, channels = predictor.config.intensity, predictor.config.in_channels
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fairseg-decode") as pool:
         def fetch(i):
             if predictor.prefetch:
-                return pool.submit(_decode_batch, cohort, batches[i], intensity)
-            return _Ready(_decode_batch(cohort, batches[i], intensity))
+                return pool.submit(_decode_batch, cohort, batches[i], intensity, channels)
+            return _Ready(_decode_batch(cohort, batches[i], intensity, channels))
 
         future = fetch(0)
         done = 0
@@ -499,12 +503,14 @@ def predict_pool_job(cohort: Cohort, predictor: Predictor, case_ids: Sequence[st
                 names = [g[0].case_id for g in group]
                 label = names[0] if len(names) == 1 else f"{names[0]} +{len(names) - 1}"
                 preds = _split((yield from predictor.predict_job(x, label=label)), names)
-                for (case, _), pred in zip(group, preds, strict=True):
+                for (case, _, note), pred in zip(group, preds, strict=True):
                     if out is not None:
                         write_case_outputs(cohort, out, case, pred, maps=write_maps)
                     row = {"case_id": case.case_id, **pred.scores}
                     if checkpoint is not None:
                         found = check_input(checkpoint, case.image, case.spacing)
+                        if note:
+                            found.insert(0, DomainWarning("channels", note))
                         if found:
                             warned[case.case_id] = found
                         row["warnings"] = WARNING_SEP.join(w.message for w in found)

@@ -11,6 +11,24 @@ import numpy as np
 from ..errors import InputDataError
 from .networks import ModelConfig
 
+#: ITU-R BT.601 luma weights: how an RGB photo becomes the one grey channel of a 1-channel model
+LUMA = (0.299, 0.587, 0.114)
+#: the note a case converted by :func:`match_channels` carries to the user
+GREY_NOTE = "RGB photo converted to grey (luminance, BT.601) for this 1-channel model"
+
+
+def match_channels(image: np.ndarray, in_channels: int) -> tuple[np.ndarray, str | None]:
+    """Fit a 2D RGB(A) photo ``(3 or 4, H, W)`` to a 1-channel model: its luminance ``(1, H, W)``.
+
+    Returns the image (unchanged when it already fits, or cannot be fitted — the caller's
+    channel check then says so) and a note for the user when it was converted, else ``None``.
+    """
+    c = image.shape[0]
+    if c == in_channels or in_channels != 1 or c not in (3, 4) or image.ndim != 3:
+        return image, None
+    grey = np.tensordot(np.asarray(LUMA, np.float32), np.asarray(image[:3], np.float32), axes=1)
+    return grey[None], GREY_NOTE
+
 
 def normalise_intensity(image: np.ndarray, mode: str, *, source=None) -> np.ndarray:
     """Normalise each channel of one case.
