@@ -248,3 +248,23 @@ def test_a_folder_holding_a_manifest_opens_the_manifest(tiny_brain):
     via_folder = open_cohort(tiny_brain.source)
     assert via_folder.source == tiny_brain.source / "manifest.csv"
     assert list(via_folder.cases["split"]) == list(tiny_brain.cases["split"])  # not a bare NIfTI scan
+
+
+def test_results_written_inside_a_dataset_folder_are_never_read_as_its_cases(tmp_path, fundus):
+    """Predictions and a project written into a FairSeg folder (the docks' default places) leave
+    the cohort as it was: the readers skip folders marked as outputs."""
+    import shutil
+
+    from napari_fairseg.active import Project
+    from napari_fairseg.inference import InferenceConfig, predict_cases_job
+    from napari_fairseg.progress import run_job
+
+    folder = tmp_path / "fundus"
+    shutil.copytree(fundus.source, folder)
+    ids = sorted(fundus.case_ids)[:2]
+    run_job(predict_cases_job(open_cohort(folder), "fundus", ids, settings=InferenceConfig(device="cpu"),
+                              out_dir=folder / "predictions"))
+    Project.create(folder / "project", open_cohort(folder)).close()
+    assert sorted((folder / "predictions").glob("*.npz"))  # npz predictions now lie inside the cohort
+    again = open_cohort(folder)
+    assert again.kind == "fairseg" and sorted(again.case_ids) == sorted(fundus.case_ids)

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.arrays import label_key, load_image, load_label_file, prediction_path, save_label
-from ..data.atomic import FILE_MODE, write_csv_atomic
+from ..data.atomic import FILE_MODE, mark_output, write_csv_atomic
 from ..data.manifest import KEY_SEP, Cohort, refuse_overwriting_inputs, write_manifest
 from ..data.readers import open_cohort
 from ..errors import InputDataError
@@ -95,7 +95,7 @@ class Project:
             raise InputDataError(root, "a project already exists here; open it instead")
         if cohort.source is None:
             raise InputDataError(None, "the cohort has no source path to record; write its manifest first")
-        root.mkdir(parents=True, exist_ok=True)
+        mark_output(root)  # its annotations are never read as a cohort's own files
         db = _connect(root / DB_NAME)
         db.executescript(SCHEMA)  # (executescript commits on its own; the rows below are one transaction)
         with _transaction(db):
@@ -418,7 +418,7 @@ class Project:
         if len(damaged):
             raise InputDataError(self.root, "refusing to export: annotation version(s) are missing or differ from "
                                  "their recorded checksum (" + _list_damaged(damaged) + ")")
-        (out / "labels").mkdir(parents=True, exist_ok=True)
+        (mark_output(out) / "labels").mkdir(parents=True, exist_ok=True)
         cases = self.cohort.cases.copy()
         cases["label"] = ""
         for _, row in self.latest().iterrows():

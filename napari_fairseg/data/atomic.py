@@ -27,6 +27,27 @@ FILE_MODE = 0o666 & ~_UMASK
 
 
 # --------------------------------------------------------------------------- output paths
+#: a folder napari-fairseg writes results into (predictions, a labelling project, an audit
+#: report) holds this file; the dataset readers never read such a folder as input, so results
+#: written inside a user's dataset folder do not turn into cases when it is opened again
+OUTPUT_MARKER = ".fairseg-output"
+
+
+def mark_output(folder: str | Path) -> Path:
+    """Create ``folder`` (if needed) and mark it as an output folder (:data:`OUTPUT_MARKER`)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    marker = folder / OUTPUT_MARKER
+    if not marker.exists():
+        marker.write_text("written by napari-fairseg: results, not input data\n")
+    return folder
+
+
+def is_output(folder: str | Path) -> bool:
+    """Whether ``folder`` was marked by :func:`mark_output`."""
+    return (Path(folder) / OUTPUT_MARKER).is_file()
+
+
 def check_inside(path: str | Path, root: str | Path) -> Path:
     """Return ``path`` if it resolves inside the folder ``root`` (symbolic links and ``..`` followed).
 

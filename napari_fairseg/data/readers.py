@@ -15,6 +15,8 @@ Known layouts (METHODS.md §4):
 
 from __future__ import annotations
 
+import fnmatch
+import os
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +32,7 @@ from .arrays import (
     npz_shape,
     strip_suffix,
 )
+from .atomic import is_output
 from .layers import LABEL_TAGS
 from .manifest import Cohort, join_metadata, read_manifest, read_table
 
@@ -38,6 +41,16 @@ METADATA_NAMES = ("metadata.csv", "metadata.xlsx", "metadata.tsv", "clinical.csv
 
 #: the manifest a folder of ours holds; opening the folder opens it
 MANIFEST_NAME = "manifest.csv"
+
+
+def input_files(folder: Path, pattern: str = "*") -> list[Path]:
+    """Files under ``folder`` matching ``pattern`` at any depth, skipping the output folders
+    napari-fairseg wrote (:func:`~.atomic.mark_output`): predictions, projects, reports."""
+    out = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not is_output(Path(root) / d))
+        out += [Path(root) / f for f in sorted(files) if fnmatch.fnmatch(f, pattern)]
+    return out
 
 
 def detect_kind(path: str | Path) -> str:
@@ -53,7 +66,7 @@ def detect_kind(path: str | Path) -> str:
         return "manifest"
     if (path / "images").is_dir() and (path / "segmentations").is_dir():
         return "mamamia"
-    files = [p for p in path.rglob("*") if p.is_file()]
+    files = input_files(path)
     names = [p.name.lower() for p in files]
     npz = [p for p in files if p.suffix.lower() == ".npz"]
     if npz:
@@ -204,7 +217,7 @@ def _scalar(data, key: str, source):
 
 
 def _read_fairseg(folder: Path, modality: str, classes, *, fairdomain: bool) -> Cohort:
-    files = sorted((p for p in folder.rglob("*.npz") if p.is_file()), key=lambda p: (p.name, str(p)))
+    files = sorted(input_files(folder, "*.npz"), key=lambda p: (p.name, str(p)))
     if not files:
         raise InputDataError(folder, "no .npz files found")
     lists = _split_lists(folder)

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..data.arrays import CaseData, load_image, prediction_path, save_label
-from ..data.atomic import atomic_path, path_inside, write_csv_atomic
+from ..data.atomic import atomic_path, mark_output, path_inside, write_csv_atomic
 from ..data.manifest import Cohort, refuse_overwriting_inputs
 from ..errors import InputDataError
 from ..models.checkpoint import Checkpoint, check_compatible, load_checkpoint
@@ -475,6 +475,7 @@ def predict_pool_job(cohort: Cohort, predictor: Predictor, case_ids: Sequence[st
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         refuse_overwriting_inputs(out, cohort)
+        mark_output(out)  # never read back as input, e.g. npz predictions inside a FairSeg folder
     rows, kept, warned = [], {}, {}
     yield Progress("predict", 0, len(ids), f"on {predictor.device_name}")
     if not batches:

@@ -231,12 +231,17 @@ def write_audit(audit: Audit, out_dir: str | Path) -> dict[str, Path]:
     Heatmap file names use a file-safe form of the attribute names (:func:`~..data.atomic.file_stem`),
     and every file is checked to land inside ``out_dir``.
     """
-    from ..data.atomic import file_stem, path_inside, write_csv_atomic, write_text_atomic
+    from ..data.atomic import (
+        file_stem,
+        mark_output,
+        path_inside,
+        write_csv_atomic,
+        write_text_atomic,
+    )
     from .figures import save_heatmap
     from .html import render_report
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = mark_output(out_dir)  # its PNG heatmaps are never read back as images of a cohort
     paths = {
         "per_case": write_csv_atomic(out / "per_case.csv", audit.per_case),
         "groups": write_csv_atomic(out / "groups.csv", audit.groups),
