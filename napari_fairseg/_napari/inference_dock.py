@@ -40,6 +40,18 @@ from .workers import JobDock
 FILE = "checkpoint file…"
 
 
+def case_job(cohort, model: str, case_id: str, settings: InferenceConfig, *, tag: dict, affine):
+    """Predict one case and build its layers, all in the worker: the GUI thread only adds them.
+
+    Returns ``(PoolResult, layer tuples)`` (:func:`~napari_fairseg.data.layers.prediction_layers`).
+    """
+    result = yield from predict_cases_job(cohort, model, [case_id], settings=settings, keep=True)
+    aff = np.asarray(affine if affine is not None else np.eye(4), dtype=float)
+    head = result.checkpoint.config
+    top = float(max_entropy(head.head, len(head.label_values)))
+    return result, prediction_layers(result.predictions[case_id], aff, case_id, {"fairseg": tag}, entropy_max=top)
+
+
 class InferenceDock(JobDock):
     """Checkpoint, device and uncertainty settings; Run on this case / on the cohort; Cancel."""
 
@@ -154,8 +166,8 @@ class InferenceDock(JobDock):
         case_id = tag["case_id"]
         self.warning.hide()
         self.status.setText(f"Predicting {case_id}…")
-        job = predict_cases_job(cohort, self._model_ref(), [case_id], settings=settings, keep=True)
-        self.runner.start(job, title=f"predict {case_id}", on_done=lambda r: self._show_case(r, tag=tag, affine=affine))
+        job = case_job(cohort, self._model_ref(), case_id, settings, tag=tag, affine=affine)
+        self.runner.start(job, title=f"predict {case_id}", on_done=lambda r: self._show_case(*r, tag=tag))
 
     def _on_run_cohort_clicked(self) -> None:
         ready = self._prepare()
@@ -211,12 +223,9 @@ class InferenceDock(JobDock):
                              + "<br>".join(lines) if lines else "")
         self.warning.setVisible(bool(lines))
 
-    def _show_case(self, result, *, tag: dict, affine) -> None:
+    def _show_case(self, result, layers, *, tag: dict) -> None:
         case_id = tag["case_id"]
         pred = result.predictions[case_id]
-        aff = np.asarray(affine if affine is not None else np.eye(4), dtype=float)
-        top = float(max_entropy(result.checkpoint.config.head, len(result.checkpoint.config.label_values)))
-        layers = prediction_layers(pred, aff, case_id, {"fairseg": tag}, entropy_max=top)
         self.shown = show_layers(self.viewer, self.shown, layers)
         text = f"{case_id}: predicted on {result.device}"
         if "entropy" in pred.maps:

