@@ -158,8 +158,8 @@ def test_mni152_through_the_pool_job_reaches_the_result(tmp_path, brain_model):
     cohort = Cohort(pd.DataFrame([{"case_id": "mni", "image": str(path), "label": "", "split": "test"}]),
                     "nifti", {"caudate": (1,)}, "mni")
     res = run_job(predict_cases_job(cohort, "brain", settings=InferenceConfig(device="cpu", uncertainty="none")))
-    assert [w.split(" ")[0] for w in res.warnings["mni"]] == ["spacing", "image"]
-    assert "(×1.3)" in res.warnings["mni"][0]
+    assert [w.kind for w in res.warnings["mni"]] == ["spacing", "size"]
+    assert "(×1.3)" in res.warnings["mni"][0].message
     assert len(res.warning_summary) == 2 and res.warning_summary[0].startswith("1 of 1 case(s): spacing 2×2×2 mm")
 
 
@@ -188,4 +188,4 @@ def test_an_rgb_photo_on_a_one_channel_model_is_converted_to_grey_with_a_note(tm
     cohort = open_cohort(tmp_path, classes={"cup": (2,), "rim": (1,), "disc": (1, 2)})
     result = run_job(predict_cases_job(cohort, "fundus", ["eye"], settings=InferenceConfig(device="cpu"), keep=True))
     assert result.predictions["eye"].label.shape == (48, 40)
-    assert result.warnings["eye"][0] == GREY_NOTE and GREY_NOTE in result.scores.loc[0, "warnings"]
+    assert result.warnings["eye"][0].message == GREY_NOTE and GREY_NOTE in result.scores.loc[0, "warnings"]

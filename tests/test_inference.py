@@ -302,3 +302,27 @@ def test_the_model_loads_inside_the_job(tmp_path, tiny_brain):
     res = run_job(job, on_progress=events.append)
     assert [e.stage for e in events][:2] == ["load", "load"] and "DEMO" in events[1].message
     assert list(res.predictions) == tiny_brain.case_ids[:1]
+
+
+def test_a_whole_image_model_slides_its_training_size_over_much_larger_images():
+    """Far larger inputs than a whole-image model was trained on go through windows of its
+    training size (MONAI's sliding windows, Gaussian blending): progress and Cancel per window
+    batch, bounded memory; inputs near the training size still run whole."""
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    from napari_fairseg.inference import InferenceConfig, Predictor
+    from napari_fairseg.models.checkpoint import load_checkpoint
+    from napari_fairseg.models.zoo import bundled_checkpoint
+
+    ckpt = load_checkpoint(bundled_checkpoint("brain"))
+    assert ckpt.config.patch_size is None
+    p = Predictor.from_checkpoint(ckpt, InferenceConfig(device="cpu", amp=False))
+    assert p.window == (64, 64, 48)  # the training images' largest size, a multiple of the divisor
+    assert p.forward_steps((1, 1, 64, 64, 48)) == 1 and p.forward_steps((1, 1, 120, 128, 96)) == 1
+    assert p.sw_batch_size == (1 << 21) // (64 * 64 * 48) and p.forward_steps((1, 1, 197, 233, 189)) == 10
+    x = torch.randn(1, 1, 140, 60, 40, generator=torch.Generator().manual_seed(0))
+    ours = p.logits(x)
+    with torch.inference_mode():
+        ref = sliding_window_inference(x, (64, 64, 48), p.sw_batch_size, p.model, overlap=0.25, mode="gaussian")
+    torch.testing.assert_close(ours, ref.float(), atol=1e-5, rtol=1e-5)

@@ -217,10 +217,12 @@ class InferenceDock(JobDock):
             self.model_combo.setCurrentText(f"{name} (bundled)")
 
     # ------------------------------------------------------------------ results (GUI thread)
-    def _show_warnings(self, lines: list[str]) -> None:
-        """Say when the input is unlike the model's training data (spacing, size, channels, intensity)."""
-        self.warning.setText("⚠ Unlike the model's training data — results may be unreliable:<br>"
-                             + "<br>".join(lines) if lines else "")
+    def _show_warnings(self, kinds: list[str], lines: list[str]) -> None:
+        """Say in one short line when the input is unlike the model's training data; the full
+        sentences are the line's tooltip."""
+        self.warning.setText(f"⚠ Unlike the model's training data ({', '.join(dict.fromkeys(kinds))}): results "
+                             "may be unreliable. Hover for details." if lines else "")
+        self.warning.setToolTip("<br>".join(lines))
         self.warning.setVisible(bool(lines))
 
     def _show_case(self, result, layers, *, tag: dict) -> None:
@@ -234,7 +236,8 @@ class InferenceDock(JobDock):
                      + (" (empty prediction: scored as the maximum)" if s.get("roi_empty") else "")
                      + f"; mean entropy {s['mean_entropy']:.4f}")
         self.status.setText(text)
-        self._show_warnings(result.warnings.get(case_id, []))
+        found = result.warnings.get(case_id, [])
+        self._show_warnings([w.kind for w in found], [w.message for w in found])
 
     def _show_cohort(self, result, out: Path) -> None:
         msg = f"Predicted {len(result.scores)} cases on {result.device} in {result.seconds:.1f} s → {out}"
@@ -242,6 +245,6 @@ class InferenceDock(JobDock):
             top = result.scores.sort_values("masked_entropy", ascending=False).head(3)
             msg += "; most uncertain: " + ", ".join(f"{r.case_id} {r.masked_entropy:.3f}" for r in top.itertuples())
         self.status.setText(msg)
-        self._show_warnings(result.warning_summary)
+        self._show_warnings([w.kind for ws in result.warnings.values() for w in ws], result.warning_summary)
         show_info(msg)
 

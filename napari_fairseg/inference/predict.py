@@ -36,7 +36,7 @@ from ..models.preprocess import match_channels, normalise_intensity
 from ..models.zoo import resolve_checkpoint
 from ..progress import Job, Progress, run_job
 from .device import autocast, choose_device, describe
-from .domain import DomainWarning, check_input, summarise_warnings
+from .domain import DomainWarning, check_input, geometry_of, summarise_warnings
 from .sliding import sliding_window_steps, window_batches
 from .uncertainty import (
     EMPTY_RULES,
@@ -149,6 +149,14 @@ def _dropout_modules(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0]
 
 
+#: a whole-image model (no patch) meets an image over this many times its largest training image
+#: on some axis through sliding windows of its training size: it sees the field of view it was
+#: trained on, memory stays bounded, and Cancel and progress come per window batch, not per volume
+WHOLE_IMAGE_FACTOR = 2
+#: voxels per forward step of such windows (~0.3 s of the bundled brain model on 2 CPU cores)
+STEP_VOXELS = 1 << 21
+
+
 class _PrivateRng:
     """A random stream of its own for MC dropout, swapped in around each step of a job.
 
@@ -194,15 +202,22 @@ class Predictor:
     settings : InferenceConfig
     """
 
-    def __init__(self, model: nn.Module, config: ModelConfig, settings: InferenceConfig = InferenceConfig()):
+    def __init__(self, model: nn.Module, config: ModelConfig, settings: InferenceConfig = InferenceConfig(), *,
+                 window: Sequence[int] | None = None):
         self.config, self.settings = config, settings
         self.device = choose_device(settings.device)
         self.model = model.to(self.device).eval()
         self.divisor = size_divisor(config)
+        # the sliding window: the model's patch, else (whole-image models) its training image size,
+        # used only for images over WHOLE_IMAGE_FACTOR times that size on some axis
+        self.window = tuple(config.patch_size) if config.patch_size is not None else (
+            None if window is None else tuple(-(-int(w) // self.divisor) * self.divisor for w in window))
 
     @classmethod
     def from_checkpoint(cls, ckpt: Checkpoint, settings: InferenceConfig = InferenceConfig()) -> Predictor:
-        return cls(ckpt.build("cpu"), ckpt.config, settings)
+        record = geometry_of(ckpt)
+        window = record["size"]["max"] if record is not None else None
+        return cls(ckpt.build("cpu"), ckpt.config, settings, window=window)
 
     @property
     def device_name(self) -> str:
@@ -230,15 +245,26 @@ class Predictor:
         return stack
 
     def _sliding(self, spatial: Sequence[int]) -> bool:
-        patch = self.config.patch_size
-        return patch is not None and any(s > p for s, p in zip(spatial, patch, strict=True))
+        if self.window is None or len(self.window) != len(spatial):
+            return False
+        factor = 1 if self.config.patch_size is not None else WHOLE_IMAGE_FACTOR
+        return any(s > factor * w for s, w in zip(spatial, self.window, strict=True))
 
     def forward_steps(self, shape: Sequence[int]) -> int:
         """Forward passes of one prediction pass over a batch of ``shape`` ``(B, C, *S)``."""
         if not self._sliding(shape[2:]):
             return 1
-        return window_batches(shape[2:], self.config.patch_size, self.settings.sw_batch_size, shape[0],
+        return window_batches(shape[2:], self.window, self.sw_batch_size, shape[0],
                               overlap=self.settings.overlap)
+
+    @property
+    def sw_batch_size(self) -> int:
+        """Windows per forward step: the setting for patch models; for a whole-image model's
+        training-size windows, enough to fill about :data:`STEP_VOXELS` (small 2D windows one
+        by one would cost far more than the whole image)."""
+        if self.config.patch_size is not None or self.window is None:
+            return self.settings.sw_batch_size
+        return max(self.settings.sw_batch_size, STEP_VOXELS // int(np.prod(self.window)))
 
     def passes(self, spatial_dims: int | None = None) -> int:
         """Prediction passes per batch: MC-dropout passes, 1 + one flip per axis for TTA, else 1."""
@@ -251,15 +277,16 @@ class Predictor:
                       rng: _PrivateRng | None = None) -> Generator[Progress, None, torch.Tensor]:
         """Logits ``(B, K, *S)`` float32 for normalised images ``x`` ``(B, C, *S)`` on the device.
 
-        Images larger than the model's patch go through sliding-window inference (Gaussian
-        blending, MONAI's windows; one step per window batch); others are padded to the
-        network's size divisor and cropped back (one step).
+        Images larger than the model's patch — or, for a whole-image model, over
+        :data:`WHOLE_IMAGE_FACTOR` times its training image size on some axis — go through
+        sliding-window inference (Gaussian blending, MONAI's windows; one step per window
+        batch); others are padded to the network's size divisor and cropped back (one step).
         """
         def step():
             return self._step(rng)
 
         if self._sliding(x.shape[2:]):
-            windows = sliding_window_steps(x, self.config.patch_size, self.settings.sw_batch_size, self.model,
+            windows = sliding_window_steps(x, self.window, self.sw_batch_size, self.model,
                                            overlap=self.settings.overlap, mode="gaussian", step=step)
             while True:
                 try:
@@ -421,8 +448,8 @@ class PoolResult:
     device : str
     seconds : float
         Wall time of the job.
-    warnings : dict of str to list of str
-        Per case id, how it differs from the model's training data
+    warnings : dict of str to list of DomainWarning
+        Per case id, how it differs from the model's training data (``kind`` and ``message``)
         (:func:`~.domain.input_warnings`); only cases with warnings, and only when the job was
         given the ``checkpoint``.
     warning_summary : list of str
@@ -475,7 +502,6 @@ def predict_pool_job(cohort: Cohort, predictor: Predictor, case_ids: Sequence[st
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         refuse_overwriting_inputs(out, cohort)
-        mark_output(out)  # never read back as input, e.g. npz predictions inside a FairSeg folder
     rows, kept, warned = [], {}, {}
     yield Progress("predict", 0, len(ids), f"on {predictor.device_name}")
     if not batches:
@@ -506,6 +532,7 @@ def predict_pool_job(cohort: Cohort, predictor: Predictor, case_ids: Sequence[st
                 preds = _split((yield from predictor.predict_job(x, label=label)), names)
                 for (case, _, note), pred in zip(group, preds, strict=True):
                     if out is not None:
+                        mark_output(out)  # never read back as input, e.g. npz predictions in a FairSeg folder
                         write_case_outputs(cohort, out, case, pred, maps=write_maps)
                     row = {"case_id": case.case_id, **pred.scores}
                     if checkpoint is not None:
@@ -524,7 +551,7 @@ def predict_pool_job(cohort: Cohort, predictor: Predictor, case_ids: Sequence[st
     if out is not None and not scores.empty:
         write_csv_atomic(out / "scores.csv", scores)
     return PoolResult(scores, kept, predictor.device_name, time.perf_counter() - t0,
-                      {c: [w.message for w in ws] for c, ws in warned.items()},
+                      {c: list(ws) for c, ws in warned.items()},
                       summarise_warnings({r["case_id"]: warned.get(r["case_id"], []) for r in rows}), checkpoint)
 
 

@@ -43,7 +43,7 @@ def test_inference_dock_runs_on_the_case_and_the_cohort(make_napari_viewer, qtbo
     assert f"masked scaled entropy {ref.scores['masked_entropy']:.4f}" in dock.status.text()
     assert "cpu" in dock.status.text()
     # tiny_brain has 3 mm voxels; the bundled model saw 1.5 mm: the dock says so beside the result
-    assert not dock.warning.isHidden() and "spacing" in dock.warning.text() and "1.5" in dock.warning.text()
+    assert not dock.warning.isHidden() and "spacing" in dock.warning.text() and "1.5" in dock.warning.toolTip()
     shot(viewer, "inference_dock")
     dock.uncertainty_combo.setCurrentText("mc")
     dock.passes.setValue(2)
