@@ -291,3 +291,126 @@ def test_csv_outputs_neutralise_formula_cells_but_keep_numbers_numeric(tmp_path,
     back = read_manifest(written)
     assert back.cases["group"].tolist() == c.cases["group"].tolist()
     assert back.cases["score"].tolist() == [-1.5, 2.0, -3.25, 4.0] * 2
+
+
+def test_an_npz_entry_whose_header_declares_a_giant_element_is_refused_unread(tmp_path):
+    """A 'scalar' of dtype |V150000000 costs 150 MB to read from a file of a few kB: refused from
+    its header by the folder reader and the napari reader alike."""
+    import io
+    import tracemalloc
+    import zipfile
+
+    from napari_fairseg._reader import read
+    from napari_fairseg.data.readers import open_cohort
+
+    folder = tmp_path / "fairseg"
+    folder.mkdir()
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "|V150000000", "fortran_order": False, "shape": ()})
+    image = io.BytesIO()
+    np.save(image, np.zeros((8, 8), np.float32))
+    with zipfile.ZipFile(folder / "data_00000.npz", "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("slo_fundus.npy", image.getvalue())
+        z.writestr("age.npy", header.getvalue() + b"\0" * 4096)
+    assert (folder / "data_00000.npz").stat().st_size < 20_000
+    tracemalloc.start()
+    for attempt in (lambda: open_cohort(folder), lambda: read(str(folder / "data_00000.npz"))):
+        with pytest.raises(InputDataError, match="not plain numbers"):
+            attempt()
+    assert tracemalloc.get_traced_memory()[1] < 32 * 2**20
+    tracemalloc.stop()
+
+
+# --------------------------------------------------------------------------- second round (an attacker's report)
+def test_a_project_inside_the_folder_it_labels_is_refused(tmp_path, capsys):
+    folder = tmp_path / "fundus"
+    folder.mkdir()
+    for i in range(3):
+        shutil.copy(SAMPLE / f"data_{i:05d}.npz", folder)
+    (folder / "Test").mkdir()
+    shutil.copy(SAMPLE / "data_00003.npz", folder / "Test")
+    before = snapshot(folder)
+    for root in (folder, folder / "Test"):  # the cohort's folder, a folder holding its files
+        assert main(["--quiet", "project", "init", str(root), "--cohort", str(folder)]) == 2
+        err = capsys.readouterr().err
+        assert "cohort's own folder" in err or "would overwrite the inputs" in err, err
+    assert snapshot(folder) == before and len(open_cohort(folder)) == 4
+    assert main(["--quiet", "project", "init", str(folder / "project"), "--cohort", str(folder)]) == 0
+    assert len(open_cohort(folder)) == 4  # the project's own folder is not read as cases
+
+
+def test_an_audit_report_never_lands_on_the_predictions_it_audits(tmp_path, capsys):
+    cohort, preds = nifti_cohort(tmp_path / "ds", {f"c{i}": "ab"[i % 2] for i in range(4)})
+    before = snapshot(preds)
+    assert main(["--quiet", "audit", str(cohort), "--predictions", str(preds), "--out", str(preds)]) == 2
+    assert "would overwrite" in capsys.readouterr().err and snapshot(preds) == before
+
+
+def test_annotation_rows_pointing_outside_the_project_are_never_read_or_exported(tmp_path, capsys):
+    import sqlite3
+
+    from napari_fairseg.active import Project
+    from napari_fairseg.data.arrays import load_case
+
+    cohort, _ = nifti_cohort(tmp_path / "ds", {f"c{i}": "ab"[i % 2] for i in range(4)}, attributes={})
+    proj = tmp_path / "p"
+    with Project.create(proj, open_cohort(cohort)) as p:
+        p.save_annotation("c0", load_case(p.cohort, "c0").label, author="ana")
+    outside = tmp_path / "ds" / "labels" / "c1.nii.gz"
+    from napari_fairseg.active.project import sha256_file
+
+    with sqlite3.connect(proj / "project.sqlite") as db:
+        for cid, path in (("c1", str(outside)), ("c2", "annotations/../../ds/labels/c2.nii.gz")):
+            db.execute("INSERT INTO annotations (case_id, version, path, sha256, author, source, created) "
+                       "VALUES (?, 1, ?, ?, 'x', 'human', 'now')",
+                       (cid, path, sha256_file(tmp_path / "ds" / "labels" / f"{cid}.nii.gz")))
+    with Project.open(proj) as p:
+        bad = p.verify()
+        assert sorted(bad["case_id"]) == ["c1", "c2"] and set(bad["problem"]) == {"outside the project"}
+    assert main(["--quiet", "project", "export", str(proj), "--out", str(tmp_path / "exp")]) == 2
+    assert not (tmp_path / "exp" / "labels").exists()
+
+
+def test_cohort_text_cannot_break_figures_or_drive_the_terminal(tmp_path, capsys):
+    ids = {f"c{i}": ("$\\foo{$" if i % 2 else "\x1b[31mRED\x1b]0;PWNED\x07\u202e") for i in range(6)}
+    cohort, preds = nifti_cohort(tmp_path / "ds", ids, attributes={"site": list("xyxyyx")})
+    rc = main(["--quiet", "audit", str(cohort), "--predictions", str(preds), "--out", str(tmp_path / "out"),
+               "--n-boot", "10", "--min-group-size", "2", "--attributes", "group,site"])
+    out = capsys.readouterr().out
+    assert rc == 0 and (tmp_path / "out" / "report.html").is_file()  # mathtext in a group value drew
+    assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out
+
+
+def test_an_attribute_with_no_known_value_audits_without_a_crash(tmp_path, capsys):
+    cohort, preds = nifti_cohort(tmp_path / "ds", {f"c{i}": "a" for i in range(4)})
+    pd.DataFrame({"id": ["zz1", "zz2"], "sex": ["F", "M"]}).to_csv(tmp_path / "meta.csv", index=False)
+    rc = main(["--quiet", "audit", str(cohort), "--predictions", str(preds), "--out", str(tmp_path / "out"),
+               "--metadata", str(tmp_path / "meta.csv"), "--attributes", "sex", "--n-boot", "10"])
+    assert rc == 0, capsys.readouterr().err
+    assert (tmp_path / "out" / "report.html").is_file()
+
+
+def test_outputs_are_never_written_through_links_or_onto_files(tmp_path, capsys):
+    from napari_fairseg.data.atomic import OUTPUT_MARKER, mark_output
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / OUTPUT_MARKER).symlink_to(tmp_path / "EVIL_CREATED")  # a dangling link
+    mark_output(out)
+    assert not (tmp_path / "EVIL_CREATED").exists()
+    cohort, preds = nifti_cohort(tmp_path / "ds", {f"c{i}": "ab"[i % 2] for i in range(4)})
+    (tmp_path / "a-file").write_text("keep")
+    assert main(["--quiet", "predict", str(cohort), "--model", "brain", "--out", str(tmp_path / "a-file")]) == 2
+    assert "error" in capsys.readouterr().err and (tmp_path / "a-file").read_text() == "keep"
+
+
+def test_hidden_files_a_mac_leaves_beside_each_file_are_skipped(tmp_path):
+    folder = tmp_path / "fundus"
+    folder.mkdir()
+    for i in range(2):
+        shutil.copy(SAMPLE / f"data_{i:05d}.npz", folder)
+        (folder / f"._data_{i:05d}.npz").write_bytes(b"\x00\x05\x16\x07AppleDouble")
+    assert sorted(open_cohort(folder).case_ids) == ["data_00000", "data_00001"]
+    nif, _ = nifti_cohort(tmp_path / "ds", {"c0": "a", "c1": "b"})
+    (nif / "images" / "._c0.nii.gz").write_bytes(b"\x00\x05\x16\x07")
+    assert sorted(open_cohort(nif).case_ids) == ["c0", "c1"]

@@ -387,3 +387,31 @@ def test_create_project_takes_a_folder_and_records_its_metadata(tmp_path, cohort
     with Project.open(tmp_path / "p") as again:  # the metadata table comes back with the cohort
         assert "scanner" in again.cohort.attributes and again.verify().empty
         assert sha256_file(again.root / again.history()["path"].iloc[0]) == again.history()["sha256"].iloc[0]
+
+
+def _png_folder(out, n=4):
+    from PIL import Image
+
+    out.mkdir(parents=True)
+    yy, xx = np.mgrid[:32, :40]
+    for i in range(n):
+        d2 = (yy - 16) ** 2 + (xx - 18 - i) ** 2
+        Image.fromarray(np.full((32, 40, 3), 90 + 20 * i, np.uint8)).save(out / f"eye{i}.png")
+        Image.fromarray(np.where(d2 <= 16, 2, np.where(d2 <= 64, 1, 0)).astype(np.uint8)).save(out / f"eye{i}_mask.png")
+    return out
+
+
+def test_cli_declares_classes_and_a_failed_init_leaves_no_project(tmp_path, capsys):
+    folder = _png_folder(tmp_path / "eyes")
+    proj = tmp_path / "p"
+    assert main(["--quiet", "project", "init", str(proj), "--cohort", str(folder), "--import-labels"]) == 2
+    assert "not among the declared classes" in capsys.readouterr().err
+    assert not proj.exists()  # all or nothing: no half-made project to reopen
+    assert main(["--quiet", "project", "init", str(proj), "--cohort", str(folder), "--import-labels",
+                 "--classes", "rim=1, cup=2"]) == 0
+    with Project.open(proj) as p:
+        assert p.cohort.classes == {"rim": (1,), "cup": (2,)} and p.status()["labelled"].all()
+    out = tmp_path / "preds"
+    assert main(["--quiet", "predict", str(folder), "--model", "fundus", "--device", "cpu", "--out", str(out),
+                 "--classes", "cup=2; rim=1; disc=1,2"]) == 0
+    assert len(list(out.glob("eye*.png"))) == 4

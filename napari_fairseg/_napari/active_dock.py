@@ -263,7 +263,9 @@ class ActiveLearningDock(JobDock):
             ax.legend(fontsize=7)
         if not rounds.empty:
             ax.set_xlim(0.5, float(rounds["id"].max()) + 0.5)
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=min(8, len(rounds))))
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=min(8, len(rounds)), min_n_ticks=1))
+            if len(rounds) == 1:
+                ax.set_xticks([int(rounds["id"].iloc[0])])
         ax.set_xlabel("round", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.set_title("held-out split per round", fontsize=8)

@@ -11,6 +11,7 @@ report" writes the ``fairseg audit`` report.
 
 from __future__ import annotations
 
+from html import escape
 from pathlib import Path
 
 import napari
@@ -144,7 +145,7 @@ class AuditDock(JobDock):
                 combo.setCurrentText(keep)
         keep = self.split_combo.currentText()
         self.split_combo.clear()
-        self.split_combo.addItems(["(all)", *sorted(cohort.cases["split"].astype(str).unique())])
+        self.split_combo.addItems(["(all)", *sorted(cohort.cases["split"].dropna().astype(str).unique())])
         self.split_combo.setCurrentText(keep or ("test" if "test" in set(cohort.cases["split"]) else "(all)"))
         if not self.pred_edit.text().strip():
             src = Path(cohort.source)
@@ -207,16 +208,17 @@ class AuditDock(JobDock):
         a = self.attr_a.currentText()
         e = audit.summary["attributes"][a]["metrics"][metric]
         name = metric.split("_", 1)[1] if "_" in metric else metric
-        lines = [f"<b>{a}</b>, {metric}: overall {e['overall']:.4f}, Δ {e['delta']:.4f}, "
-                 f"ES (ESSP) {e['es']:.4f}, worst group {e['worst_group']}"]
+        # cohort strings are escaped: the label renders rich text, and a group value is data
+        lines = [f"<b>{escape(a)}</b>, {escape(metric)}: overall {_fmt(e['overall'])}, Δ {_fmt(e['delta'])}, "
+                 f"ES (ESSP) {_fmt(e['es'])}, worst group {escape(str(e['worst_group']))}"]
         for m in (f"dice_{name}", f"iou_{name}"):
             if m in audit.summary["attributes"][a]["metrics"]:
                 em = audit.summary["attributes"][a]["metrics"][m]
-                lines.append(f"ES-{ {'dice': 'Dice', 'iou': 'IoU'}[m.split('_')[0]]} {em['es']:.4f} "
-                             f"(Δ {em['delta']:.4f})")
+                lines.append(f"ES-{ {'dice': 'Dice', 'iou': 'IoU'}[m.split('_')[0]]} {_fmt(em['es'])} "
+                             f"(Δ {_fmt(em['delta'])})")
         mm = audit.summary.get("mamamia", {}).get(name)
         if mm:
-            lines.append(f"MAMA-MIA PS {mm['ps']:.4f}, FS {mm['fs']:.4f}, TS {mm['ts']:.4f}")
+            lines.append(f"MAMA-MIA PS {_fmt(mm['ps'])}, FS {_fmt(mm['fs'])}, TS {_fmt(mm['ts'])}")
         self.summary.setText("<br>".join(lines))
         g = audit.groups[(audit.groups["attribute"] == a) & (audit.groups["metric"] == metric)]
         self.groups_table.setRowCount(len(g))
@@ -295,4 +297,7 @@ class AuditDock(JobDock):
 
 
 def _fmt(v) -> str:
-    return "—" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.4f}" if isinstance(v, float) else str(v)
+    """A number for the dock: 4 decimals, ``—`` when undefined."""
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return "—"
+    return f"{v:.4f}" if isinstance(v, float | np.floating) else str(v)

@@ -140,6 +140,8 @@ class CohortDock(QWidget):
             self._clear(f"Not loaded: {user_message(exc)}")
             show_error(f"Cannot open cohort: {user_message(exc)}")
             return False
+        if self.cohort is None or str(self.cohort.source) != str(cohort.source):
+            self._default_predictions(cohort)
         self.cohort = cohort
         labelled = cohort.cases["label"].map(lambda v: isinstance(v, str) and bool(v))
         splits = ", ".join(f"{k} {v}" for k, v in cohort.cases["split"].astype("string").fillna("none")
@@ -161,7 +163,9 @@ class CohortDock(QWidget):
         try:
             layers = case_layers(self.cohort, case_id)
         except FILE_ERRORS as exc:
-            show_error(f"Cannot open case {case_id}: {user_message(exc)}")
+            hint = (" — declare what the mask values mean under Classes (e.g. rim=1, cup=2) and Load again"
+                    if "declared classes" in str(exc) else "")
+            show_error(f"Cannot open case {case_id}: {user_message(exc)}{hint}")
             return
         pred_dir = self.pred_edit.text().strip()
         if pred_dir:
@@ -244,6 +248,12 @@ class CohortDock(QWidget):
             self.open_case(self.table.item(rows.pop(), 0).text())
 
     # ------------------------------------------------------------------ helpers
+    def _default_predictions(self, cohort) -> None:
+        """A new cohort: its own ``predictions`` folder when it has one, not the last cohort's."""
+        src = Path(cohort.source)
+        default = (src.parent if src.is_file() else src) / "predictions"
+        self.pred_edit.setText(str(default) if default.is_dir() else "")
+
     def _clear(self, message: str) -> None:
         self.cohort, self.columns = None, []
         self.table.clear()

@@ -201,6 +201,7 @@ class InferenceDock(JobDock):
                           on_done=lambda r: self._on_trained(r, out))
 
     def _on_trained(self, result, out: Path) -> None:
+        self.warning.hide()  # it spoke of the previous model
         self.model_combo.setCurrentText(FILE)
         self.model_path.setText(str(out))
         last = result.log.iloc[-1] if len(result.log) else {}
@@ -215,6 +216,8 @@ class InferenceDock(JobDock):
         if kind and self.model_combo.currentText() != FILE:
             name = "fundus" if kind in ("fairseg", "fairdomain", "image2d") else "brain"
             self.model_combo.setCurrentText(f"{name} (bundled)")
+        if tag.get("case_id") and tag.get("cohort") and self.status.text().startswith("Open a case first"):
+            self.status.setText(f"{tag['case_id']} is open: Run on this case, or on its cohort.")
 
     # ------------------------------------------------------------------ results (GUI thread)
     def _show_warnings(self, kinds: list[str], lines: list[str]) -> None:

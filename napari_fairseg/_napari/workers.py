@@ -47,6 +47,9 @@ class JobRunner:
         self.job: Job | None = None
         self.bar: napari_progress | None = None
         self.last: Progress | None = None
+        self.title = ""
+        #: how the latest job ended: ``running``, ``done``, ``failed`` or ``cancelled``
+        self.outcome = ""
         self._drawn = 0.0
 
     @property
@@ -58,28 +61,28 @@ class JobRunner:
         """Run ``job``; ``on_done(result)`` runs on the GUI thread when it finishes."""
         if self.busy:
             raise RuntimeError("a job is already running here; wait for it or cancel it")
-        self.job, self.title = job, title
+        self.job, self.title, self.outcome = job, title, "running"
         self._state(True)
         if os.environ.get("FAIRSEG_INLINE_JOBS") == "1":
             try:
                 result = run_job(job, on_progress=self._on_progress)
             except Exception as exc:  # noqa: BLE001 - shown to the user, like the worker's errors
-                self._finish()
+                self._finish("failed")
                 self._on_error(exc, on_error)
                 return
-            self._finish()
+            self._finish("done")
             on_done(result)
             return
         self.bar = napari_progress(total=0, desc=title)
         worker = GeneratorWorker(_drive, job)
         # events still queued from a finished or cancelled worker are dropped
         worker.yielded.connect(lambda p, w=worker: self._on_progress(p) if self.worker is w else None)
-        worker.returned.connect(lambda result: (self._finish(), on_done(result)))
+        worker.returned.connect(lambda result: (self._finish("done"), on_done(result)))
         try:  # napari may relay errors as a traceback notification; we show one clear line instead
             worker.errored.disconnect(worker._relay_error)
         except (TypeError, AttributeError):
             pass  # not connected in this napari version
-        worker.errored.connect(lambda exc: (self._finish(), self._on_error(exc, on_error)))
+        worker.errored.connect(lambda exc: (self._finish("failed"), self._on_error(exc, on_error)))
         worker.aborted.connect(self._on_aborted)
         self.worker = worker
         worker.start()
@@ -116,7 +119,7 @@ class JobRunner:
 
     def _on_aborted(self) -> None:
         job = self.job
-        self._finish()
+        self._finish("cancelled")
         if job is not None:
             try:
                 job.close()  # runs the job's finally blocks (partial files are cleaned up)
@@ -124,7 +127,8 @@ class JobRunner:
                 pass
         show_info(f"{self.title}: cancelled")
 
-    def _finish(self) -> None:
+    def _finish(self, outcome: str) -> None:
+        self.outcome = outcome
         if self.bar is not None:
             self.bar.close()
         self.bar, self.worker, self.job = None, None, None
@@ -168,6 +172,11 @@ class JobDock(QWidget):
         for widget in self.busy_widgets():
             widget.setEnabled(not running)
         self.cancel_button.setEnabled(running)
+        status = getattr(self, "status", None)  # a dock's status line says how a job ended
+        if not running and status is not None and self.runner.outcome in ("cancelled", "failed"):
+            status.setText(f"{self.runner.title}: " + ("cancelled; nothing was changed by the unfinished step."
+                                                        if self.runner.outcome == "cancelled"
+                                                        else "failed (the notification says why)."))
 
     def stop_jobs(self) -> None:
         if self.runner.busy:

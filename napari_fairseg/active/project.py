@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.arrays import label_key, load_image, load_label_file, prediction_path, save_label
-from ..data.atomic import FILE_MODE, mark_output, write_csv_atomic
+from ..data.atomic import FILE_MODE, OUTPUT_MARKER, mark_output, write_csv_atomic
 from ..data.manifest import KEY_SEP, Cohort, refuse_overwriting_inputs, write_manifest
 from ..data.readers import open_cohort
 from ..errors import InputDataError
@@ -95,6 +95,10 @@ class Project:
             raise InputDataError(root, "a project already exists here; open it instead")
         if cohort.source is None:
             raise InputDataError(None, "the cohort has no source path to record; write its manifest first")
+        # never inside what it labels: the cohort's folder or a folder holding its files would
+        # mix annotations with images (and the cohort could lose cases to the project's folder)
+        refuse_overwriting_inputs(root, cohort)
+        created = not root.exists()
         mark_output(root)  # its annotations are never read as a cohort's own files
         db = _connect(root / DB_NAME)
         db.executescript(SCHEMA)  # (executescript commits on its own; the rows below are one transaction)
@@ -115,7 +119,12 @@ class Project:
             db.executemany("INSERT INTO cases VALUES (?, ?, ?)", rows)
         project = cls(root, cohort, db)
         if import_labels:
-            project.import_labels(cohort, author=author)
+            try:
+                project.import_labels(cohort, author=author)
+            except BaseException:  # all or nothing: no half-made project is left to reopen
+                project.close()
+                _remove_new_project(root, created)
+                raise
         return project
 
     @classmethod
@@ -220,6 +229,8 @@ class Project:
     def _checked_ref(self, case_id: str, row) -> str:
         """The file reference of a recorded version after checking its sha256."""
         path = self.root / row["path"]
+        if not self._inside(path):
+            raise InputDataError(path, "the project records an annotation outside its folder: refused")
         if not path.is_file() or sha256_file(path) != row["sha256"]:
             raise InputDataError(path, "annotation file is missing or differs from its recorded checksum")
         ref = str(path)
@@ -287,17 +298,24 @@ class Project:
         Returns
         -------
         pandas.DataFrame
-            ``case_id``, ``version``, ``path`` (absolute) and ``problem`` (``missing`` or
-            ``checksum differs``); empty when every version of every case is intact.
+            ``case_id``, ``version``, ``path`` (absolute) and ``problem`` (``outside the project``,
+            ``missing`` or ``checksum differs``); empty when every version of every case is intact.
         """
         rows = []
         for r in self.history().itertuples(index=False):
             path = self.root / r.path
-            if not path.is_file():
+            if not self._inside(path):
+                rows.append((r.case_id, int(r.version), str(path), "outside the project"))
+            elif not path.is_file():
                 rows.append((r.case_id, int(r.version), str(path), "missing"))
             elif sha256_file(path) != r.sha256:
                 rows.append((r.case_id, int(r.version), str(path), "checksum differs"))
         return pd.DataFrame(rows, columns=["case_id", "version", "path", "problem"])
+
+    def _inside(self, path: Path) -> bool:
+        """Whether a recorded file resolves inside ``annotations/`` (links and ``..`` followed):
+        rows injected into the database cannot make the project read or export other files."""
+        return path.resolve().is_relative_to((self.root / "annotations").resolve())
 
     def status(self, *, damaged: pd.DataFrame | None = None) -> pd.DataFrame:
         """One row per case: split, attributes, ``labelled``, the latest version number and
@@ -457,7 +475,8 @@ NOT_A_PROJECT = "not a FairSeg project database (file is corrupt or not SQLite)"
 
 
 def create_project(root: str | Path, cohort_path: str | Path, *, import_labels: bool = False,
-                   metadata: str | Path | None = None, author: str = "import") -> Project:
+                   metadata: str | Path | None = None, classes: dict | None = None,
+                   author: str = "import") -> Project:
     """A new labelling project in ``root`` on the cohort at ``cohort_path``.
 
     Parameters
@@ -471,11 +490,25 @@ def create_project(root: str | Path, cohort_path: str | Path, *, import_labels: 
         The cohort's labels become version 1 of each case (source ``imported``).
     metadata : str or Path, optional
         Metadata table joined by case id (recorded with the cohort).
+    classes : dict, optional
+        What the mask values mean (name → label values), when the kind's default does not fit.
     author : str
         Author recorded for imported labels.
     """
-    cohort = open_cohort(cohort_path, metadata=metadata)
+    cohort = open_cohort(cohort_path, metadata=metadata, classes=classes)
     return Project.create(root, cohort, import_labels=import_labels, author=author, metadata=metadata)
+
+
+def _remove_new_project(root: Path, created: bool) -> None:
+    """Undo a project creation that failed: its database, annotations and marker (and the folder
+    itself when the creation made it)."""
+    import shutil
+
+    for name in (DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm", OUTPUT_MARKER):
+        (root / name).unlink(missing_ok=True)
+    shutil.rmtree(root / "annotations", ignore_errors=True)
+    if created:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _list_damaged(damaged: pd.DataFrame, limit: int = 10) -> str:

@@ -14,6 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..data.classes import parse_classes
 from ..errors import Cancelled, FairSegError, InputDataError
 from .common import parse_ints, parse_names, run_with_bar
 
@@ -23,8 +24,9 @@ def _cmd_audit(args) -> int:
     from ..data.readers import open_cohort
     from ..report.audit import AuditConfig, audit_job, write_audit
 
-    cohort = open_cohort(args.cohort, metadata=args.metadata)
-    refuse_overwriting_inputs(args.out, cohort, also=[p for p in (args.metadata,) if p])
+    cohort = open_cohort(args.cohort, metadata=args.metadata, classes=parse_classes(args.classes))
+    # nor may the report land on the predictions it audits (a heatmap PNG can bear a prediction's name)
+    refuse_overwriting_inputs(args.out, cohort, also=[p for p in (args.metadata, args.predictions) if p])
     attrs = tuple(a.strip() for a in args.attributes.split(",") if a.strip()) if args.attributes else ()
     config = AuditConfig(attributes=attrs, split=args.split, hd_mode=args.hd, min_support=args.min_support,
                          min_group_size=args.min_group_size, n_boot=args.n_boot, std_ddof=args.std_ddof,
@@ -47,8 +49,21 @@ def _print_headline(audit) -> None:
     for a, info in s["attributes"].items():
         for mc, e in info["metrics"].items():
             if mc.startswith("dice_"):
-                print(f"{a:>22} {mc:<16} overall {e['overall']:.4f}  Δ {e['delta']:.4f}  ES {e['es']:.4f}  "
-                      f"worst group {e['worst_group']}")
+                print(f"{_shown(a):>22} {_shown(mc):<16} overall {_num(e['overall'])}  Δ {_num(e['delta'])}  "
+                      f"ES {_num(e['es'])}  worst group {_shown(e['worst_group'])}")
+
+
+def _num(v) -> str:
+    """A metric for the terminal: 4 decimals, or ``n/a`` when undefined (no case with a known group)."""
+    return "n/a" if v is None or v != v else f"{v:.4f}"
+
+
+def _shown(text) -> str:
+    """Cohort-supplied text for the terminal: control and bidirectional-override characters
+    (escape sequences, U+202E) become ``?``, so a group value cannot drive the terminal."""
+    import unicodedata
+
+    return "".join("?" if unicodedata.category(ch) in ("Cc", "Cf") else ch for ch in str(text))
 
 
 def _cmd_train(args) -> int:
@@ -56,7 +71,7 @@ def _cmd_train(args) -> int:
     from ..data.readers import open_cohort
     from ..training import TrainConfig, model_config_for, train_job
 
-    cohort = open_cohort(args.cohort, metadata=args.metadata)
+    cohort = open_cohort(args.cohort, metadata=args.metadata, classes=parse_classes(args.classes))
     out = Path(args.out)
     for path in (out, out.with_name(out.stem + ".log.csv")):
         refuse_overwriting_inputs(path, cohort, also=[p for p in (args.metadata,) if p])
@@ -91,7 +106,7 @@ def _cmd_predict(args) -> int:
     from ..models.checkpoint import check_compatible, load_checkpoint
     from ..models.zoo import resolve_checkpoint
 
-    cohort = open_cohort(args.cohort, metadata=args.metadata)
+    cohort = open_cohort(args.cohort, metadata=args.metadata, classes=parse_classes(args.classes))
     ckpt = load_checkpoint(resolve_checkpoint(args.model))
     check_compatible(ckpt, cohort)
     settings = InferenceConfig(device=args.device, amp=not args.no_amp, batch_size=args.batch_size,
@@ -190,7 +205,7 @@ OBJECTIVE_CHOICES = ("none", "divergence", "groupdro", "equal-scale")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fairseg", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="fairseg", description=__doc__.splitlines()[0].replace("``", ""))
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -200,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--attributes", default="", help="comma-separated attributes (default: all)")
     a.add_argument("--out", required=True, help="output folder")
     a.add_argument("--metadata", help="metadata table (CSV/XLSX) joined by case id")
+    a.add_argument("--classes", help="what the mask values mean when the dataset kind's default does not fit, e.g. \"rim=1, cup=2\" or \"disc=1,2; cup=2\"")
     a.add_argument("--split", help="audit only this split (train/val/test/pool)")
     a.add_argument("--hd", choices=["mm", "voxel", "none"], default="mm", help="HD95 units, or none (default mm)")
     a.add_argument("--min-support", type=float, default=0.05, help="subgroup discovery minimum support")
@@ -214,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("cohort", help="manifest CSV or dataset folder")
     t.add_argument("--out", required=True, help="checkpoint to write (log: <stem>.log.csv beside it)")
     t.add_argument("--metadata", help="metadata table (CSV/XLSX) joined by case id")
+    t.add_argument("--classes", help="what the mask values mean when the dataset kind's default does not fit, e.g. \"rim=1, cup=2\" or \"disc=1,2; cup=2\"")
     t.add_argument("--network", choices=list(NETWORK_CHOICES), default="light_unet",
                    help="light_unet (seed 001, 3D; 2D cohorts get unet), unet, segresnet, swinunetr")
     t.add_argument("--features", help="feature widths per level, e.g. 8,16")
@@ -249,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "data only (not for real scans)")
     r.add_argument("--out", required=True, help="output folder: <case_id> predictions, maps/, scores.csv")
     r.add_argument("--metadata", help="metadata table (CSV/XLSX) joined by case id")
+    r.add_argument("--classes", help="what the mask values mean when the dataset kind's default does not fit, e.g. \"rim=1, cup=2\" or \"disc=1,2; cup=2\"")
     r.add_argument("--uncertainty", choices=["none", "entropy", "mc", "tta"], default="entropy")
     r.add_argument("--passes", type=int, default=8, help="MC-dropout passes")
     r.add_argument("--roi-radius", type=int, default=3, help="ROI dilation for the masked entropy (voxels)")
@@ -288,12 +306,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (FairSegError, FileNotFoundError, ValueError, RuntimeError) as exc:
-        print(f"fairseg: error: {exc}", file=sys.stderr)
-        return 2
-    except Cancelled as exc:
+    except Cancelled as exc:  # before FairSegError, its base class
         print(f"fairseg: {exc}", file=sys.stderr)
         return 130
+    except (FairSegError, ValueError, RuntimeError) as exc:
+        print(f"fairseg: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # an --out that is a file, a folder where a file goes, no permission, …
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"fairseg: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("\nfairseg: interrupted; files already written are complete (a training run keeps its "
               "last finished epoch: continue it with --resume)", file=sys.stderr)

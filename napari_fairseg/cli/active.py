@@ -7,6 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..data.classes import parse_classes
 from ..errors import InputDataError
 from .common import parse_ints, parse_names, run_with_bar
 
@@ -25,7 +26,7 @@ def _cmd_project(args) -> int:
             raise InputDataError(None, "project init needs the cohort: fairseg project init PROJECT --cohort "
                                  "MANIFEST_OR_FOLDER")
         with create_project(args.project, args.cohort, import_labels=args.import_labels, metadata=args.metadata,
-                            author=args.author) as p:
+                            classes=parse_classes(args.classes), author=args.author) as p:
             st = p.status()
             print(f"created project {args.project} on {p.cohort.name}: {len(st)} cases, "
                   f"{int(st['labelled'].sum())} labelled")
@@ -36,8 +37,8 @@ def _cmd_project(args) -> int:
         elif args.action == "import":
             if not args.cohort:
                 raise InputDataError(None, "project import needs --cohort MANIFEST (labels to import)")
-            done = p.import_labels(open_cohort(args.cohort, metadata=args.metadata), author=args.author,
-                                   overwrite=args.overwrite)
+            cohort = open_cohort(args.cohort, metadata=args.metadata, classes=parse_classes(args.classes))
+            done = p.import_labels(cohort, author=args.author, overwrite=args.overwrite)
             print(f"imported {len(done)} label(s) into {args.project}")
         else:  # export
             if not args.out:
@@ -169,7 +170,7 @@ def _cmd_simulate(args) -> int:
 
     preset = PRESETS[args.preset] if args.preset else {}
     if args.cohort:
-        cohort = open_cohort(args.cohort, metadata=args.metadata)
+        cohort = open_cohort(args.cohort, metadata=args.metadata, classes=parse_classes(args.classes))
     elif args.preset:
         cohort = _preset_cohort(args.preset, args.bias, args.quiet)
     else:
@@ -220,6 +221,7 @@ def add_parsers(sub) -> None:
     pr.add_argument("project", help="project folder")
     pr.add_argument("--cohort", help="manifest or dataset folder (init: the cohort; import: labels to import)")
     pr.add_argument("--metadata", help="metadata table (CSV/XLSX) joined by case id")
+    pr.add_argument("--classes", help="what the mask values mean when the dataset kind's default does not fit, e.g. \"rim=1, cup=2\" or \"disc=1,2; cup=2\"")
     pr.add_argument("--import-labels", action="store_true", help="init: the cohort's labels become version 1")
     pr.add_argument("--overwrite", action="store_true", help="import: add a version even to labelled cases")
     pr.add_argument("--author", default="import", help="author recorded for imported labels")
@@ -257,6 +259,7 @@ def add_parsers(sub) -> None:
     si.add_argument("--bias", choices=["strong", "weak"], default="strong", help="preset cohort's bias")
     si.add_argument("--out", required=True, help="results folder (rerun with the same folder to resume)")
     si.add_argument("--metadata")
+    si.add_argument("--classes", help="what the mask values mean when the dataset kind's default does not fit, e.g. \"rim=1, cup=2\" or \"disc=1,2; cup=2\"")
     si.add_argument("--strategies", help=f"comma-separated, from {', '.join(STRATEGY_CHOICES)}")
     si.add_argument("--seeds", help="comma-separated seeds (preset quick: 0,1,2)")
     si.add_argument("--initial", default="5,5", help="initial labels per group, sorted group order (5,5 8,2 2,8)")

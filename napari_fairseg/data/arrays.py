@@ -106,23 +106,34 @@ def check_voxels(shape, source) -> None:
                              "FAIRSEG_MAX_VOXELS")
 
 
-def npz_shape(data, key: str) -> tuple[int, ...]:
-    """The shape of array ``key`` of an open ``np.load`` npz, read from its header alone."""
+def npz_shape(data, key: str, source=None) -> tuple[int, ...]:
+    """The shape of array ``key`` of an open ``np.load`` npz, read from its header alone.
+
+    Raises
+    ------
+    InputDataError
+        The header declares anything but plain numbers or booleans (a ``|V1500000000`` or
+        ``<U…`` "scalar" can hold gigabytes in a file of a few hundred kB).
+    """
     member = f"{key}.npy" if f"{key}.npy" in data.zip.namelist() else key
     with data.zip.open(member) as fh:
         version = np.lib.format.read_magic(fh)
         if version == (1, 0):
-            shape = np.lib.format.read_array_header_1_0(fh)[0]
+            shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
         elif version == (2, 0):
-            shape = np.lib.format.read_array_header_2_0(fh)[0]
+            shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
         else:  # 3.0: utf-8 field names; no public reader
-            shape = np.lib.format._read_array_header(fh, version)[0]
+            shape, _, dtype = np.lib.format._read_array_header(fh, version)
+    text = dtype.kind in "SU" and dtype.itemsize <= 1024  # a short id or code string
+    if not (text or (dtype.kind in "biuf" and dtype.itemsize <= 8)):
+        raise InputDataError(source, f"array {key!r} holds {dtype} values, not plain numbers or short text: "
+                             "refused (such an entry can hold gigabytes in a small file)")
     return tuple(shape)
 
 
 def npz_array(data, key: str, source) -> np.ndarray:
     """``data[key]`` of an open npz, after checking its header's shape against :func:`max_voxels`."""
-    check_voxels(npz_shape(data, key), source)
+    check_voxels(npz_shape(data, key, source), source)
     return np.asarray(data[key])
 
 

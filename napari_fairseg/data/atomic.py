@@ -38,8 +38,14 @@ def mark_output(folder: str | Path) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     marker = folder / OUTPUT_MARKER
-    if not marker.exists():
-        marker.write_text("written by napari-fairseg: results, not input data\n")
+    if marker.is_symlink() or marker.exists():  # never written through a link
+        return folder
+    try:
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), FILE_MODE)
+    except FileExistsError:  # another writer marked it first
+        return folder
+    with os.fdopen(fd, "w") as fh:
+        fh.write("written by napari-fairseg: results, not input data\n")
     return folder
 
 

@@ -176,6 +176,12 @@ def case_layers(cohort: Cohort, case_id: str) -> list[LayerData]:
     return layers
 
 
+def _as_case(meta: dict, path: Path, stem: str, kind: str) -> dict:
+    """Tag an image opened on its own as the one case of its file's cohort
+    (:func:`~.readers.open_cohort` opens a single image file as such), so the docks can run on it."""
+    return {"fairseg": {**meta["fairseg"], "cohort": str(path), "case_id": stem, "kind": kind}}
+
+
 def file_layers(path: str | Path) -> list[LayerData]:
     """Layers of one NIfTI file (image, or labels when it holds few integer values), one
     Harvard-FairSeg ``.npz`` (fundus image, disc/cup mask as rim 1 / cup 2, attributes), or one
@@ -196,7 +202,7 @@ def file_layers(path: str | Path) -> list[LayerData]:
         arr = np.asarray(data, dtype=np.float32)
         if not np.isfinite(arr).all():
             raise InputDataError(path, "image holds NaN or infinite values")
-        return [image_layer(arr[None], affine, stem, meta)]
+        return [image_layer(arr[None], affine, stem, _as_case(meta, path, stem, "nifti"))]
     if name.lower().endswith(".npz"):
         try:
             with np.load(path, allow_pickle=False) as npz:
@@ -231,5 +237,5 @@ def file_layers(path: str | Path) -> list[LayerData]:
             return [labels_layer(data, np.eye(4), stem, meta)]
         img = data.astype(np.float32)
         img = img[None] if img.ndim == 2 else np.moveaxis(img, -1, 0)
-        return [image_layer(img, np.eye(4), stem, meta)]
+        return [image_layer(img, np.eye(4), stem, _as_case(meta, path, stem, "image2d"))]
     raise InputDataError(path, "not a NIfTI (.nii, .nii.gz), FairSeg .npz or 2D image (PNG, JPEG, TIFF) file")

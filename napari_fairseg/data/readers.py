@@ -45,11 +45,12 @@ MANIFEST_NAME = "manifest.csv"
 
 def input_files(folder: Path, pattern: str = "*") -> list[Path]:
     """Files under ``folder`` matching ``pattern`` at any depth, skipping the output folders
-    napari-fairseg wrote (:func:`~.atomic.mark_output`): predictions, projects, reports."""
+    napari-fairseg wrote (:func:`~.atomic.mark_output`: predictions, projects, reports) and
+    hidden files and folders (``._x.npz`` AppleDouble files a Mac leaves beside each file)."""
     out = []
     for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not is_output(Path(root) / d))
-        out += [Path(root) / f for f in sorted(files) if fnmatch.fnmatch(f, pattern)]
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not is_output(Path(root) / d))
+        out += [Path(root) / f for f in sorted(files) if not f.startswith(".") and fnmatch.fnmatch(f, pattern)]
     return out
 
 
@@ -108,6 +109,8 @@ def open_cohort(path: str | Path, *, metadata: str | Path | None = None, kind: s
         Raise instead of noting metadata rows with no image / images with no metadata.
     """
     path = Path(path)
+    if path.is_file() and path.name.lower().endswith((*NIFTI_SUFFIXES, *IMAGE2D_SUFFIXES)):
+        return _read_single(path, classes)
     kind = kind or detect_kind(path)
     if kind == "manifest":
         if path.is_dir():
@@ -136,6 +139,14 @@ def open_cohort(path: str | Path, *, metadata: str | Path | None = None, kind: s
     return cohort
 
 
+# --------------------------------------------------------------------------- one image file
+def _read_single(path: Path, classes) -> Cohort:
+    """One NIfTI or 2D image file as a cohort of one unlabelled case (a scan opened on its own)."""
+    kind = "nifti" if path.name.lower().endswith(NIFTI_SUFFIXES) else "image2d"
+    cases = pd.DataFrame({"case_id": [strip_suffix(path.name)], "image": [str(path.resolve())], "label": [pd.NA]})
+    return Cohort(cases, kind, classes or {}, strip_suffix(path.name), ["a single image file, no ground truth"], path)
+
+
 # --------------------------------------------------------------------------- generic folders
 def _find_metadata(folder: Path) -> Path | None:
     for name in METADATA_NAMES:
@@ -150,7 +161,7 @@ def _read_generic(folder: Path, kind: str, metadata, classes) -> Cohort:
     def scan(d: Path) -> dict[str, Path]:
         out: dict[str, Path] = {}
         for p in sorted(d.iterdir()) if d.is_dir() else []:
-            if p.is_file() and p.name.lower().endswith(suffixes):
+            if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(suffixes):
                 cid = strip_suffix(p.name)
                 if cid in out:
                     raise InputDataError(p, f"two files give case id {cid!r}: {out[cid].name} and {p.name}")
@@ -210,7 +221,7 @@ def _split_from_parent(p: Path) -> str | None:
 
 def _scalar(data, key: str, source):
     """A one-element array of an open npz as a Python value, its shape checked before it is read."""
-    shape = npz_shape(data, key)
+    shape = npz_shape(data, key, source)
     if int(np.prod(shape)) != 1:
         raise InputDataError(source, f"attribute {key!r} is not a scalar (shape {shape})")
     return np.asarray(data[key]).item()

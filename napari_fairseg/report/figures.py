@@ -7,6 +7,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+
+def _plain(text) -> str:
+    """Cohort text for a figure: ``$`` escaped, so a group value is never read as mathtext."""
+    return str(text).replace("$", r"\$")
+
+
 #: metrics whose values lie in [0, 1] with 1 best: their heatmaps use one fixed 0–1 colour scale,
 #: so a colour means the same Dice in every heatmap (0.25 is red, 0.71 yellow-green, always)
 UNIT_METRICS = ("dice", "iou")
@@ -35,10 +41,10 @@ def draw_heatmap(ax, mean: pd.DataFrame, count: pd.DataFrame, *, metric: str = "
         if hi - lo < 1e-6:
             lo, hi = lo - 0.05, hi + 0.05
     im = ax.imshow(data, cmap=cmap, vmin=lo, vmax=hi, aspect="auto")
-    ax.set_xticks(range(mean.shape[1]), [str(c) for c in mean.columns], rotation=30, ha="right")
-    ax.set_yticks(range(mean.shape[0]), [str(r) for r in mean.index])
-    ax.set_xlabel(col_label)
-    ax.set_ylabel(row_label)
+    ax.set_xticks(range(mean.shape[1]), [_plain(c) for c in mean.columns], rotation=30, ha="right")
+    ax.set_yticks(range(mean.shape[0]), [_plain(r) for r in mean.index])
+    ax.set_xlabel(_plain(col_label))
+    ax.set_ylabel(_plain(row_label))
     for i in range(mean.shape[0]):
         for j in range(mean.shape[1]):
             n = int(count.iat[i, j])
@@ -47,11 +53,14 @@ def draw_heatmap(ax, mean: pd.DataFrame, count: pd.DataFrame, *, metric: str = "
                 continue
             small = n < min_size
             txt = f"{mean.iat[i, j]:.2f}{'*' if small else ''}\nn={n}"
-            ax.text(j, i, txt, ha="center", va="center", fontsize=9, color="black")
+            r, g, b, _ = cmap(im.norm(mean.iat[i, j]))
+            dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.45  # white text on dark cells
+            ax.text(j, i, txt, ha="center", va="center", fontsize=9, color="white" if dark else "black")
             if small:
                 ax.add_patch(mpl.patches.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="//",
                                                    edgecolor="#666666", linewidth=0))
-    ax.set_title(f"mean {metric} by {row_label} × {col_label}" + (f"  (* n < {min_size})" if min_size else ""))
+    ax.set_title(f"mean {metric} by {_plain(row_label)} × {_plain(col_label)}"
+                 + (f"  (* n < {min_size})" if min_size else ""))
     return im
 
 

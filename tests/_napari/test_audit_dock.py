@@ -103,3 +103,33 @@ def test_intersection_cells_match_the_table_counts():
     _, count = intersection_table(np.ones(5), a, b)
     assert {k: len(v) for k, v in cells.items()} == {(r, c): int(count.loc[r, c]) for r in count.index
                                                       for c in count.columns if count.loc[r, c]}
+
+
+def test_a_folder_without_splits_and_html_in_a_group_value(make_napari_viewer, qtbot, open_dock, tmp_path):
+    """A NIfTI folder with no split information audits over all cases; a group value holding
+    markup is shown as text, not rendered (the summary label is rich text)."""
+    import nibabel as nib
+    import pandas as pd
+
+    folder, preds = tmp_path / "scans", tmp_path / "preds"
+    rows = []
+    for i in range(6):
+        img = np.random.default_rng(i).random((10, 10, 6)).astype(np.float32)
+        lab = np.zeros((10, 10, 6), np.uint8)
+        lab[2:7, 2:7, 1:4] = 1
+        for where, data in ((folder / f"s{i}.nii.gz", img), (folder / f"s{i}_mask.nii.gz", lab),
+                            (preds / f"s{i}.nii.gz", np.roll(lab, i % 3, axis=0))):
+            where.parent.mkdir(exist_ok=True)
+            nib.save(nib.Nifti1Image(data, np.eye(4)), str(where))
+        rows.append({"case_id": f"s{i}", "site": "<span style='font-size:40px'>HACKED</span><!--" if i % 2 else "A"})
+    pd.DataFrame(rows).to_csv(folder / "metadata.csv", index=False)
+    viewer = make_napari_viewer()
+    dock = open_dock(viewer, "Fairness audit")
+    assert dock.set_cohort(folder)
+    assert [dock.split_combo.itemText(i) for i in range(dock.split_combo.count())] == ["(all)"]
+    dock.pred_edit.setText(str(preds))
+    dock.attr_a.setCurrentText("site")
+    qtbot.mouseClick(dock.run_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: dock.audit is not None and dock.run_button.isEnabled(), timeout=60_000)
+    assert "&lt;span" in dock.summary.text() and "<span" not in dock.summary.text()
+    assert "ES-Dice" in dock.summary.text()  # nothing after the value was swallowed

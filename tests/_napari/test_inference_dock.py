@@ -104,3 +104,29 @@ def test_inference_dock_trains_a_model_and_selects_it(make_napari_viewer, qtbot,
     ckpt = load_checkpoint(dock.model_path.text())
     assert ckpt.meta["epoch"] == 2 and Path(dock.model_path.text()).parent == tmp_path / "cohort" / "models"
     assert dock.train_button.isEnabled() and "validation Dice" in dock.status.text()
+
+
+def test_a_scan_opened_on_its_own_runs_and_cancel_says_so(make_napari_viewer, qtbot, open_dock, tmp_path):
+    """File › Open of one NIfTI (nibabel's test scan), then Run on this case; an MC run cancelled
+    midway leaves the status saying it was cancelled."""
+    import os
+
+    import nibabel
+
+    scan = os.path.join(os.path.dirname(nibabel.__file__), "tests", "data", "anatomical.nii")
+    viewer = make_napari_viewer()
+    dock = open_dock(viewer, "Model & inference")
+    [layer] = viewer.open(scan, plugin="napari-fairseg")
+    assert dock.status.text().startswith("anatomical is open")
+    dock.device_combo.setCurrentText("cpu")
+    qtbot.mouseClick(dock.run_case_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: "anatomical prediction" in viewer.layers and dock.run_case_button.isEnabled(),
+                    timeout=60_000)
+    assert viewer.layers["anatomical prediction"].data.shape == layer.data.shape
+    dock.uncertainty_combo.setCurrentText("mc")
+    dock.passes.setValue(64)
+    qtbot.mouseClick(dock.run_case_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: dock.runner.last is not None and dock.runner.last.stage == "forward", timeout=60_000)
+    qtbot.mouseClick(dock.cancel_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not dock.runner.busy, timeout=30_000)
+    assert "cancelled" in dock.status.text() and "mutual information" not in " ".join(la.name for la in viewer.layers)
