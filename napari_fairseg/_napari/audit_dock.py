@@ -91,7 +91,7 @@ class AuditDock(JobDock):
         for t in (self.groups_table, self.subgroups_table):
             t.setMinimumHeight(110)
             t.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
-        self.figure = Figure(figsize=(3.6, 2.8), dpi=90)
+        self.figure = Figure(figsize=(3.6, 2.8), dpi=90, layout="constrained")  # labels and colour bar fit
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(230)
         self.cases_list = QListWidget()
@@ -259,7 +259,6 @@ class AuditDock(JobDock):
         bar = self.figure.colorbar(im, ax=ax, fraction=0.08, pad=0.03)
         bar.ax.tick_params(labelsize=7)
         ax.title.set_fontsize(8)
-        self.figure.tight_layout()
         self.canvas.draw_idle()
 
     def _on_heatmap_clicked(self, event) -> None:
