@@ -414,3 +414,40 @@ def test_hidden_files_a_mac_leaves_beside_each_file_are_skipped(tmp_path):
     nif, _ = nifti_cohort(tmp_path / "ds", {"c0": "a", "c1": "b"})
     (nif / "images" / "._c0.nii.gz").write_bytes(b"\x00\x05\x16\x07")
     assert sorted(open_cohort(nif).case_ids) == ["c0", "c1"]
+
+
+def test_project_writes_never_follow_links_out_of_the_project_or_the_export(tmp_path):
+    from napari_fairseg.active import Project
+    from napari_fairseg.data.arrays import load_case
+
+    cohort, _ = nifti_cohort(tmp_path / "ds", {f"c{i}": "ab"[i % 2] for i in range(4)}, attributes={})
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    with Project.create(tmp_path / "p", open_cohort(cohort)) as p:
+        (p.root / "annotations").mkdir(exist_ok=True)
+        (p.root / "annotations" / "c1").symlink_to(outside)
+        with pytest.raises(InputDataError, match="link or leads outside"):
+            p.save_annotation("c1", load_case(p.cohort, "c1").label, author="ana")
+        p.save_annotation("c0", load_case(p.cohort, "c0").label, author="ana")
+        exp = tmp_path / "exp"
+        exp.mkdir()
+        (exp / "labels").symlink_to(outside)
+        with pytest.raises(InputDataError, match="outside"):
+            p.export(exp)
+    assert not any(outside.iterdir())
+
+
+@pytest.mark.parametrize("change", [{"patch_size": [512, 512, 512]}, {"features": [3000, 6000]},
+                                    {"features": [-8, 16]}, {"in_channels": 10**6}])
+def test_a_checkpoint_config_asking_for_gigabytes_is_refused_before_building(tmp_path, change):
+    from napari_fairseg.models.checkpoint import load_checkpoint
+    from napari_fairseg.models.zoo import bundled_checkpoint
+
+    raw = torch.load(bundled_checkpoint("brain"), weights_only=True)
+    raw["config"] = json.dumps({**json.loads(raw["config"]), **change})
+    torch.save(raw, tmp_path / "greedy.pt")
+    tracemalloc.start()
+    with pytest.raises(InputDataError, match="greedy.pt.*config"):
+        load_checkpoint(tmp_path / "greedy.pt")
+    assert tracemalloc.get_traced_memory()[1] < 64 * 2**20
+    tracemalloc.stop()

@@ -170,16 +170,13 @@ class ActiveLearningDock(JobDock):
         """Create a project on ``cohort`` (default: the open case's cohort, with its declared
         classes) in ``folder`` (default: ``<cohort folder>/project``) and open it."""
         try:
-            if cohort:
-                found = current_case(self.viewer)
-                tag = found[0] if found and str(found[0].get("cohort")) == str(cohort) else {"cohort": str(cohort)}
-            else:
-                found = current_case(self.viewer)
-                if found is None:
-                    raise InputDataError(None, "give the cohort (a manifest or dataset folder), or open a case of "
-                                         "it in the Cohort dock first")
-                tag = found[0]
-            c = cohort_of(tag)
+            found = current_case(self.viewer)
+            open_tag = found[0] if found else None
+            if not cohort and open_tag is None:
+                raise InputDataError(None, "give the cohort (a manifest or dataset folder), or open a case of "
+                                     "it in the Cohort dock first")
+            same = open_tag is not None and (not cohort or str(open_tag["cohort"]) == str(cohort))
+            c = cohort_of(open_tag if same else {"cohort": str(cohort)})  # the open case's classes carry over
             src = Path(c.source)
             root = Path(folder) if folder else (src.parent if src.is_file() else src) / "project"
             project = Project.create(root, c, import_labels=import_labels, author=self.author_edit.text().strip()

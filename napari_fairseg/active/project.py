@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.arrays import label_key, load_image, load_label_file, prediction_path, save_label
-from ..data.atomic import FILE_MODE, OUTPUT_MARKER, mark_output, write_csv_atomic
+from ..data.atomic import FILE_MODE, OUTPUT_MARKER, check_inside, mark_output, write_csv_atomic
 from ..data.manifest import KEY_SEP, Cohort, refuse_overwriting_inputs, write_manifest
 from ..data.readers import open_cohort
 from ..errors import InputDataError
@@ -191,6 +191,9 @@ class Project:
                                  f"{like.spatial_shape}")
         step = _hook or (lambda _name: None)
         folder = self.root / "annotations" / case_id
+        if folder.is_symlink() or (folder.exists() and not self._inside(folder / "v")):
+            raise InputDataError(folder, "the case's annotation folder is a link or leads outside the project: "
+                                 "refusing to write through it")
         # the cohort's own file format (NIfTI, npz or PNG), as for predictions
         suffix = prediction_path(self.cohort, folder, "v").name[1:]
         tmp = folder / f".v-{uuid.uuid4().hex}.part{suffix}"
@@ -436,7 +439,9 @@ class Project:
         if len(damaged):
             raise InputDataError(self.root, "refusing to export: annotation version(s) are missing or differ from "
                                  "their recorded checksum (" + _list_damaged(damaged) + ")")
-        (mark_output(out) / "labels").mkdir(parents=True, exist_ok=True)
+        labels = mark_output(out) / "labels"
+        labels.mkdir(parents=True, exist_ok=True)
+        check_inside(labels / "x", out)  # a labels/ link would carry the export elsewhere
         cases = self.cohort.cases.copy()
         cases["label"] = ""
         for _, row in self.latest().iterrows():

@@ -7,6 +7,7 @@ cannot take are padded up to :func:`size_divisor` and cropped back (:func:`pad_t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -24,6 +25,10 @@ def _check_choice(name: str, value, choices) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
 
+
+#: bounds on what a configuration (from a checkpoint, perhaps a hostile one) may ask for: past
+#: them a network or one window costs gigabytes before anything can fail cleanly
+MAX_CHANNELS, MAX_FEATURES, MAX_PATCH_VOXELS = 64, 1024, 256**3
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -75,8 +80,6 @@ class ModelConfig:
             raise ValueError(f"spatial_dims must be 2 or 3, got {self.spatial_dims}")
         if self.network == "light_unet" and self.spatial_dims != 3:
             raise ValueError("light_unet is a 3D network; use network='unet' for 2D images")
-        if self.in_channels < 1:
-            raise ValueError(f"in_channels must be >= 1, got {self.in_channels}")
         vals = tuple(int(v) for v in self.label_values)
         object.__setattr__(self, "label_values", vals)
         if len(vals) < 2 or len(set(vals)) != len(vals) or vals[0] != 0:
@@ -85,12 +88,19 @@ class ModelConfig:
             raise ValueError(f"a sigmoid head predicts exactly two label values, got {vals}; use head='softmax'")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 1 <= self.in_channels <= MAX_CHANNELS:
+            raise ValueError(f"in_channels must be 1 … {MAX_CHANNELS}, got {self.in_channels}")
         if self.features is not None:
-            object.__setattr__(self, "features", tuple(int(f) for f in self.features))
+            feats = tuple(int(f) for f in self.features)
+            if not feats or min(feats) < 1 or max(feats) > MAX_FEATURES or len(feats) > 8:
+                raise ValueError(f"features must be 1 to 8 widths of 1 … {MAX_FEATURES}, got {self.features}")
+            object.__setattr__(self, "features", feats)
         if self.patch_size is not None:
             ps = tuple(int(p) for p in self.patch_size)
             if len(ps) != self.spatial_dims or min(ps) < 1:
                 raise ValueError(f"patch_size must have {self.spatial_dims} positive sizes, got {self.patch_size}")
+            if math.prod(ps) > MAX_PATCH_VOXELS:  # a checkpoint's config must not cost gigabytes per window
+                raise ValueError(f"patch_size {ps} holds over {MAX_PATCH_VOXELS} voxels")
             div = size_divisor(self)
             if any(p % div for p in ps):
                 raise ValueError(f"patch_size {ps} must be a multiple of {div} for network {self.network!r}")
