@@ -15,6 +15,8 @@ from napari_fairseg.inference.predict import map_path
 from napari_fairseg.models import ModelConfig, build_network, load_checkpoint, save_checkpoint
 from napari_fairseg.progress import run_job
 
+from .test_uncertainty import PARTIAL_ROI_EXPECTED, partial_roi_probabilities
+
 
 def test_device_choice_on_a_cpu_machine():
     assert choose_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
@@ -188,6 +190,28 @@ def test_pool_scoring_without_maps_gives_the_same_scores(tiny_brain, brain_ckpt)
         ent = full.predictions[cid].maps["entropy"]
         if roi.any():  # hand check of Eq. 1 from the full maps
             assert full.scores.set_index("case_id").loc[cid, "masked_entropy"] == pytest.approx(ent[roi].mean(), rel=1e-5)
+
+
+@pytest.mark.parametrize("maps", [True, False])
+def test_prediction_scores_a_partial_roi_as_equation_1_by_hand(maps):
+    """A network whose logits are its input: the predictor's per-case scores on a known ROI.
+
+    The ROI (54 and 8 voxels) is a small part of the 288-voxel images and of its bounding box
+    (196 voxels), and its mean entropy differs from the image's, so dividing by the image,
+    averaging the whole image or counting the box each give other numbers.
+    """
+    prob = partial_roi_probabilities()
+    logits = torch.log(prob) - torch.log1p(-prob)
+    predictor = Predictor(nn.Identity(), ModelConfig(), InferenceConfig(device="cpu", roi_radius=1, maps=maps))
+    out = predictor.predict(logits)
+    assert out["masked_entropy"].tolist() == pytest.approx(PARTIAL_ROI_EXPECTED["masked"], rel=1e-5)
+    assert out["roi_voxels"].tolist() == PARTIAL_ROI_EXPECTED["roi_voxels"]
+    assert out["foreground_voxels"].tolist() == [2, 1] and not out["roi_empty"].any()
+    if maps:
+        assert out["roi"].sum(dim=(1, 2, 3)).tolist() == PARTIAL_ROI_EXPECTED["roi_voxels"]
+        assert out["mean_entropy"].tolist() == pytest.approx(PARTIAL_ROI_EXPECTED["image_mean"], rel=1e-5)
+    else:
+        assert "roi" not in out and "entropy" not in out
 
 
 # --------------------------------------------------------------------------- progress and cancel inside one case

@@ -10,10 +10,13 @@ from scipy.stats import entropy as scipy_entropy
 
 from napari_fairseg.inference.uncertainty import (
     PassAccumulator,
+    _dilate_box_cumsum,
     decode,
     dilate,
+    dilated_boxes,
     entropy,
     masked_scaled_entropy,
+    masked_scaled_entropy_in_boxes,
     max_entropy,
     roi_mask,
 )
@@ -44,6 +47,53 @@ def test_dilation_equals_scipy_with_a_cube(rng, shape, radius):
     got = dilate(torch.from_numpy(mask), radius).numpy()
     cube = np.ones((1,) + (2 * radius + 1,) * (len(shape) - 1), dtype=bool)
     np.testing.assert_array_equal(got, ndimage.binary_dilation(mask, structure=cube) if radius else mask)
+
+
+def _h(p):
+    """Binary entropy in nats, by hand."""
+    return -(p * math.log(p) + (1 - p) * math.log(1 - p))
+
+
+def partial_roi_probabilities():
+    """Two cases ``(2, 1, 8, 9, 4)`` whose radius-1 ROI is a small, non-convex part of the image.
+
+    Background p = 0.5 (entropy log 2, the largest), so any mean that strays outside the ROI
+    is pulled up. Case 0: two predicted voxels, (1, 1, 1) at p = 0.9 and (5, 5, 2) at p = 0.7,
+    each in a 3×3×3 neighbourhood of p = 0.1 / 0.3 (the same entropy as its centre): ROI
+    2 × 27 = 54 voxels inside a 7×7×4 = 196-voxel bounding box of a 288-voxel image.
+    Case 1: one predicted voxel in the far corner (7, 8, 3) at p = 0.6, neighbourhood p = 0.4,
+    cut by the image border to 2×2×2 = 8 voxels.
+    """
+    p = np.full((2, 1, 8, 9, 4), 0.5, dtype=np.float32)
+    p[0, 0, 0:3, 0:3, 0:3], p[0, 0, 1, 1, 1] = 0.1, 0.9
+    p[0, 0, 4:7, 4:7, 1:4], p[0, 0, 5, 5, 2] = 0.3, 0.7
+    p[1, 0, 6:8, 7:9, 2:4], p[1, 0, 7, 8, 3] = 0.4, 0.6
+    return torch.from_numpy(p)
+
+
+#: Eq. 1 on :func:`partial_roi_probabilities` by hand: case 0 (27 h(0.9) + 27 h(0.7)) / 54,
+#: case 1 8 h(0.6) / 8; the ROI sizes; the whole-image means (what ignoring the ROI gives).
+PARTIAL_ROI_EXPECTED = {"masked": [(_h(0.9) + _h(0.7)) / 2, _h(0.6)], "roi_voxels": [54, 8],
+                        "image_mean": [(27 * _h(0.9) + 27 * _h(0.7) + 234 * math.log(2)) / 288,
+                                       (8 * _h(0.6) + 280 * math.log(2)) / 288]}
+
+
+def test_masked_scaled_entropy_of_a_partial_roi_by_hand():
+    expected = PARTIAL_ROI_EXPECTED
+    assert expected["masked"] == pytest.approx([0.4679736377, 0.6730116670])  # the explicit numbers
+    assert expected["image_mean"] == pytest.approx([0.6509271413, 0.6925878607])  # ignoring the ROI differs
+    prob = partial_roi_probabilities()
+    label = decode(prob, "sigmoid", (0, 1))
+    assert label.sum(dim=(1, 2, 3)).tolist() == [2, 1]
+    roi = roi_mask(label, 1)
+    assert roi.sum(dim=(1, 2, 3)).tolist() == expected["roi_voxels"]
+    scores, empty = masked_scaled_entropy(entropy(prob, "sigmoid"), roi)
+    assert scores.tolist() == pytest.approx(expected["masked"], rel=1e-5) and not empty.any()
+    # the lean path: entropy inside the dilated boxes only; it must count the ROI, not its box
+    boxes = dilated_boxes(label != 0, 1)
+    assert [int(np.prod([s.stop - s.start for s in box])) for box, _ in boxes] == [196, 8]
+    lean, lean_empty = masked_scaled_entropy_in_boxes(prob, boxes, "sigmoid")
+    assert lean.tolist() == pytest.approx(expected["masked"], rel=1e-5) and not lean_empty.any()
 
 
 def test_masked_scaled_entropy_by_hand(rng):
@@ -101,3 +151,45 @@ def test_decode_maps_to_label_values():
     assert decode(prob, "softmax", (0, 1, 2)).tolist() == [[2, 0]]
     fg = torch.tensor([[[0.5, 0.51]]])
     assert decode(fg, "sigmoid", (0, 4)).tolist() == [[0, 4]]
+
+
+def _scipy_cube_dilation(mask, radius):
+    return ndimage.binary_dilation(mask, structure=np.ones((2 * radius + 1,) * mask.ndim, dtype=bool))
+
+
+@pytest.mark.parametrize("shape", [(13, 11), (9, 7, 6)])
+@pytest.mark.parametrize("radius", [1, 2, 4])
+def test_cumulative_sum_dilation_equals_scipy_at_the_borders_too(rng, shape, radius):
+    """The window-count dilation used off the CPU, run here on CPU tensors, against SciPy."""
+    for trial in range(3):
+        mask = rng.random(shape) > 0.93
+        mask[(0,) * len(shape)] = trial != 1  # corner voxels: the window runs off the image
+        mask[tuple(s - 1 for s in shape)] = trial != 2
+        mask[(0, *(s // 2 for s in shape[1:]))] = True  # on an edge, mid-way
+        got = _dilate_box_cumsum(torch.from_numpy(mask), radius)
+        assert got.dtype == torch.bool and got.shape == shape
+        np.testing.assert_array_equal(got.numpy(), _scipy_cube_dilation(mask, radius))
+    single = np.zeros(shape, dtype=bool)
+    single[(1,) * len(shape)] = True  # one voxel next to the border: a cut cube of known size
+    n = int(_dilate_box_cumsum(torch.from_numpy(single), radius).sum())
+    assert n == int(np.prod([min(s, 2 + radius) for s in shape]))
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_dilation_and_roi_scores_on_each_device_equal_scipy(rng, device):
+    """On a GPU, :func:`dilate` and both Eq. 1 paths take the cumulative-sum branch."""
+    mask = rng.random((2, 10, 9, 7)) > 0.95
+    mask[0, 0, 0, 0] = mask[1, -1, -1, -1] = True
+    got = dilate(torch.from_numpy(mask).to(device), 2)
+    assert got.device.type == device
+    np.testing.assert_array_equal(got.cpu().numpy(), np.stack([_scipy_cube_dilation(m, 2) for m in mask]))
+    prob = partial_roi_probabilities().to(device)
+    label = decode(prob, "sigmoid", (0, 1))
+    full, _ = masked_scaled_entropy(entropy(prob, "sigmoid"), roi_mask(label, 1))
+    lean, _ = masked_scaled_entropy_in_boxes(prob, dilated_boxes(label != 0, 1), "sigmoid")
+    for scores in (full, lean):
+        assert scores.device.type == device
+        assert scores.cpu().tolist() == pytest.approx(PARTIAL_ROI_EXPECTED["masked"], rel=1e-5)

@@ -72,6 +72,11 @@ def _dilate_box(m: torch.Tensor, radius: int) -> torch.Tensor:
         for axis in range(a.ndim):
             a = maximum_filter1d(a, 2 * radius + 1, axis=axis, mode="constant")
         return torch.from_numpy(a.view(bool))
+    return _dilate_box_cumsum(m, radius)
+
+
+def _dilate_box_cumsum(m: torch.Tensor, radius: int) -> torch.Tensor:
+    """:func:`_dilate_box` by a window count of cumulative sums, on any device (used off the CPU)."""
     x = m.to(torch.int32)
     for axis in range(x.ndim):
         pad = [0] * (2 * x.ndim)
