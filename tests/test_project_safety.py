@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from napari_fairseg.active import Project, RoundConfig, embeddings_job, round_job
 from napari_fairseg.active.project import create_project, sha256_file
@@ -247,6 +248,14 @@ def test_a_save_killed_at_each_step_leaves_the_project_intact(tmp_path, cohort, 
         assert list(p.history(cid)["version"]) == [1] and p.verify().empty  # the killed save recorded nothing
         orphans = {o: o.read_bytes() for o in p.orphans()}
         assert orphans  # what the killed save left behind ...
+        temporary = [o for o in orphans if o.name.startswith(".v-") and ".part" in o.name]
+        named = sorted(set(orphans) - set(temporary))
+        assert len(temporary) == 1  # the complete file under its temporary name ...
+        if step == "written":  # ... and no version's name was ever written to
+            assert named == []
+        else:  # ... and linked under the next version's name, whose row never committed
+            assert [o.name for o in named] == ["v0002.png"] and orphans[named[0]] == orphans[temporary[0]]
+            np.testing.assert_array_equal(np.asarray(Image.open(named[0])), _label(cohort, cid).astype(np.uint8))
         assert p.status().set_index("case_id").loc[cid, "version"] == 1  # ... is ignored
         np.testing.assert_array_equal(load_case(p.working_cohort(), cid).label, _label(cohort, cid))
         assert p.save_annotation(cid, _label(cohort, cid, flip=3), author="ana") == 2
@@ -254,6 +263,23 @@ def test_a_save_killed_at_each_step_leaves_the_project_intact(tmp_path, cohort, 
         np.testing.assert_array_equal(p.load_annotation(cid), _label(cohort, cid, flip=3))
         for orphan, data in orphans.items():  # never overwritten, never adopted
             assert orphan.read_bytes() == data and orphan in p.orphans()
+
+
+def test_the_database_is_wal_with_full_sync_on_every_connection(tmp_path, cohort):
+    """WAL (readers never block the writer; a crash mid-commit leaves the last commit intact)
+    and ``synchronous=FULL``: a save that returned is on disk even after a power cut (in WAL
+    mode ``NORMAL`` may lose the last commits, ``OFF`` may corrupt the database)."""
+    root = tmp_path / "p"
+    with Project.create(root, cohort) as p:
+        assert p.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert p.db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        p.save_annotation(cohort.case_ids[0], _label(cohort, cohort.case_ids[0]), author="ana")
+    with Project.open(root) as again:  # synchronous is per connection: every open sets it again
+        assert again.db.execute("PRAGMA synchronous").fetchone()[0] == 2
+        assert again.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    plain = sqlite3.connect(root / "project.sqlite")  # WAL is a property of the file itself
+    assert plain.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    plain.close()
 
 
 @pytest.mark.parametrize("step", ["written", "published", "recorded"])
