@@ -8,6 +8,14 @@ import pandas as pd
 import pytest
 
 from napari_fairseg.data import load_case, open_cohort, read_manifest, write_manifest
+from napari_fairseg.data.attributes import (
+    age_in_years,
+    bin_continuous,
+    decode_fairseg_code,
+    detect_race_coding,
+    mamamia_age_group,
+    normalise_menopause,
+)
 from napari_fairseg.errors import InputDataError
 
 from .conftest import save_nifti
@@ -83,7 +91,7 @@ def fairseg_file(path, schema="readme", race=0, age=60.0, ethnicity=0, mask=None
         mask[5:7, 5:7] = -2
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, **{img_key: np.full((12, 12), 100, np.uint8), mask_key: mask, "race": race, "age": age,
-                      eth_key: ethnicity, "gender": 1, "language": 0, "maritalstatus": -1, "pid": "P1"}, **extra)
+                      eth_key: ethnicity, "gender": 1, "language": 0, "maritalstatus": -1, "pid": "P1", **extra})
 
 
 @pytest.mark.parametrize("schema", ["readme", "code"])
@@ -120,6 +128,88 @@ def test_fairseg_unknown_code_names_file_and_value(tmp_path):
     np.savez(tmp_path / "data_00002.npz", slo_fundus=np.zeros((4, 4)), disc_cup_mask=np.zeros((4, 4)), race=0, gender=5)
     with pytest.raises(InputDataError, match=r"data_00002\.npz.*'gender' has unknown code 5"):
         open_cohort(tmp_path)
+
+
+#: The Harvard-FairSeg README's code tables, written out (not read from the package).
+README_CODES = {
+    "gender": {0: "Female", 1: "Male"},
+    "race": {0: "Asian", 1: "Black", 2: "White"},
+    "ethnicity": {0: "Non-Hispanic", 1: "Hispanic"},
+    "language": {0: "English", 1: "Spanish", 2: "Other"},
+    "maritalstatus": {0: "Married/Partnered", 1: "Single", 2: "Divorced", 3: "Widowed", 4: "Legally separated"},
+}
+
+
+@pytest.mark.parametrize("attribute", list(README_CODES))
+def test_every_readme_code_decodes_to_its_label_and_minus_one_is_unknown(attribute):
+    for code, label in README_CODES[attribute].items():
+        assert decode_fairseg_code(attribute, code, source="f.npz") == label
+        assert decode_fairseg_code(attribute, float(code), source="f.npz") == label  # 1.0 is code 1
+        assert decode_fairseg_code(attribute, np.int8(code), source="f.npz") == label  # as npz stores it
+    assert decode_fairseg_code(attribute, -1, source="f.npz") is None
+    bad = max(README_CODES[attribute]) + 1
+    with pytest.raises(InputDataError, match=rf"f\.npz.*'{attribute}' has unknown code {bad} \(expected -1=unknown, 0="):
+        decode_fairseg_code(attribute, bad, source="f.npz")
+    with pytest.raises(InputDataError, match=rf"'{attribute}' has a non-integer code 1.5"):
+        decode_fairseg_code(attribute, 1.5, source="f.npz")
+
+
+def test_raw_race_codes_2_3_7_decode_and_the_coding_is_detected():
+    raw = {2: "Asian", 3: "Black", 7: "White", -1: None}
+    assert {c: decode_fairseg_code("race", c, source="f", race_coding="raw") for c in raw} == raw
+    with pytest.raises(InputDataError, match="unknown code 0"):
+        decode_fairseg_code("race", 0, source="f", race_coding="raw")
+    for codes, coding in (({0, 1, 2}, "readme"), ({2}, "readme"), ({0, -1}, "readme"), ({-1}, "readme"),
+                          ({2, 3}, "raw"), ({7}, "raw"), ({2, 3, 7, -1}, "raw")):
+        assert detect_race_coding(codes) == coding, codes
+    for codes, bad in (({0, 3}, r"\[0\]"), ({1, 7}, r"\[1\]"), ({3, 5, 7}, r"\[5\]")):
+        with pytest.raises(InputDataError, match=rf"race codes {bad} fit neither the README coding"):
+            detect_race_coding(codes)
+
+
+@pytest.mark.parametrize(("races", "coding", "labels"), [
+    ([0, 1, 2, -1], "README {0,1,2}", ["Asian", "Black", "White", None]),
+    ([2, 3, 7, -1], "raw {2,3,7}", ["Asian", "Black", "White", None]),  # code 2 is Asian here, White above
+])
+def test_a_fairseg_folder_decodes_every_attribute_by_its_detected_race_coding(tmp_path, races, coding, labels):
+    for i, race in enumerate(races):
+        fairseg_file(tmp_path / f"data_{i:05d}.npz", race=race, age=[45.0, 61.5, -1.0, 80.0][i], ethnicity=[0, 1, -1, 0][i],
+                     gender=[0, 1, -1, 0][i], language=[0, 1, 2, -1][i], maritalstatus=[0, 2, 3, 4][i])
+    cohort = open_cohort(tmp_path)
+    c = cohort.cases.set_index("case_id").astype(object).where(lambda t: t.notna(), None)
+    assert c["race"].tolist() == labels
+    assert c["gender"].tolist() == ["Female", "Male", None, "Female"]
+    assert c["ethnicity"].tolist() == ["Non-Hispanic", "Hispanic", None, "Non-Hispanic"]
+    assert c["language"].tolist() == ["English", "Spanish", "Other", None]
+    assert c["maritalstatus"].tolist() == ["Married/Partnered", "Divorced", "Widowed", "Legally separated"]
+    assert c["age"].tolist() == [45.0, 61.5, None, 80.0]  # years stay years; -1 is unknown
+    assert f"race coding: {coding}" in cohort.notes and "age stored in years" in cohort.notes
+
+
+def test_fairseg_age_in_days_becomes_years_and_minus_one_stays_unknown(tmp_path):
+    for i, days in enumerate([365.25 * 40, 365.25 * 71.5, -1, 18262]):
+        fairseg_file(tmp_path / f"data_{i:05d}.npz", race=0, age=days)
+    cohort = open_cohort(tmp_path)
+    ages = cohort.cases["age"].tolist()
+    assert ages[:2] == [40.0, 71.5] and np.isnan(ages[2]) and ages[3] == 50.0  # 18262 d = 49.999 y, 2 decimals
+    assert "age stored in days, converted to years" in cohort.notes
+    years, unit = age_in_years(np.array([150.0, 20.0, 150.0]))
+    assert unit == "years" and years.tolist() == [150.0, 20.0, 150.0]  # a median of 150 can still be years
+    days, unit = age_in_years(np.array([np.nan, 150.5, 21915.0]))
+    assert unit == "days" and days[1:].tolist() == pytest.approx([150.5 / 365.25, 60.0]) and np.isnan(days[0])
+
+
+def test_mamamia_age_bins_and_menopause_normalisation_by_hand():
+    ages = pd.Series([0.5, 40, 40.01, 50, 50.5, 60, 60.5, 70, 70.5, 100, 101, -1, None])
+    expected = ["0-40", "0-40", "41-50", "41-50", "51-60", "51-60", "61-70", "61-70", "71+", "71+", "71+", None, None]
+    got = mamamia_age_group(ages)
+    assert got.astype(object).where(got.notna(), None).tolist() == expected  # upper edges belong to the lower bin
+    assert bin_continuous(ages, name="Age").equals(got)  # any numeric age gets the official bins
+    status = pd.Series(["peri", "perimenopausal", "pre", "premenopausal", "post", "postmenopausal", "pre/post",
+                        None, np.nan, "unknown", "other", "Post"])
+    assert normalise_menopause(status).tolist() == [
+        "pre", "pre", "pre", "pre", "post", "post", "post", "unknown", "unknown", "unknown", "other",
+        "Post"]  # case-sensitive, as the official scorer is
 
 
 def test_fairdomain_reads_slo_or_oct(tmp_path):
