@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from napari_fairseg.data.arrays import load_case
 from napari_fairseg.errors import InputDataError
 from napari_fairseg.models import (
     ModelConfig,
@@ -198,3 +199,67 @@ def test_recording_the_geometry_later_keeps_the_weights_and_checks_the_cohort(tm
     wrong = save_checkpoint(tmp_path / "w.pt", build_network(cfg), cfg, {**meta, "n_train": 12})
     with pytest.raises(InputDataError, match="not the cohort this model was trained on"):
         record_training_geometry(wrong, tmp_path / "w2.pt", fundus)
+
+
+# --------------------------------------------------------------------------- the bundled models' recorded Dice
+@pytest.fixture(scope="module")
+def zoo_brain_cohort(tmp_path_factory):
+    """The brain cohort the bundled model was trained on, made again by `make zoo`'s own command."""
+    from napari_fairseg.cli import main
+    from napari_fairseg.data.readers import open_cohort
+
+    out = tmp_path_factory.mktemp("zoo") / "brain"
+    assert main(["--quiet", "sample", "brain", "--out", str(out)]) == 0
+    return open_cohort(out / "manifest.csv")
+
+
+#: Final validation Dice as napari_fairseg/models/bundled/README.md states it (3 decimals).
+BUNDLED_README_DICE = {"brain": (0.809, {"Group 1": 0.778, "Group 2": 0.839}),
+                       "fundus": (0.950, {"Asian": 0.960, "Black": 0.930, "White": 0.954})}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(BUNDLED))
+def test_bundled_validation_dice_is_recomputed_from_the_regenerated_split(name, request):
+    """The recorded Dice is recomputed, not read back: the validation split rebuilt from the
+    checkpoint's stored settings, predicted by the inference code, scored by MONAI's DiceMetric.
+
+    Tolerance 1e-4: prediction here runs on the CPU, as training's validation did, so a
+    difference means other weights, another split, other preprocessing or another Dice,
+    not rounding (one flipped voxel of the smallest brain structure moves Dice by ~1e-3).
+    """
+    import pandas as pd
+    from monai.metrics import DiceMetric
+
+    from napari_fairseg.inference import InferenceConfig, Predictor, predict_pool_job
+    from napari_fairseg.progress import run_job
+    from napari_fairseg.training.trainer import TrainConfig, split_train_val
+
+    cohort = request.getfixturevalue("zoo_brain_cohort") if name == "brain" else request.getfixturevalue("fundus")
+    ck = load_checkpoint(bundled_checkpoint(name))
+    stored = TrainConfig(**json.loads(ck.meta["train_config"]))
+    group = ck.meta["group_attribute"]
+    train_ids, val_ids = split_train_val(cohort, group, val_fraction=stored.val_fraction, seed=stored.seed)
+    assert (len(train_ids), len(val_ids)) == (ck.meta["n_train"], ck.meta["n_val"]) == {
+        "brain": (12, 4), "fundus": (30, 10)}[name]
+    result = run_job(predict_pool_job(cohort, Predictor.from_checkpoint(
+        ck, InferenceConfig(device="cpu", uncertainty="none")), val_ids, keep=True))
+    dice = DiceMetric(include_background=True, reduction="none")
+    per_case = {}
+    for cid in val_ids:
+        pred = torch.from_numpy(result.predictions[cid].label.astype(np.int64))
+        truth = torch.from_numpy(load_case(cohort, cid).label.astype(np.int64))
+
+        def channels(lab):
+            return torch.stack([torch.isin(lab, torch.tensor(v)) for v in ck.classes.values()])[None].float()
+
+        per_case[cid] = float(dice(channels(pred), channels(truth)).nanmean())  # mean over the classes
+    groups = cohort.cases.set_index("case_id").loc[val_ids, group]
+    by_group = pd.Series(per_case).groupby(groups).mean().to_dict()
+    overall = float(np.mean(list(per_case.values())))
+    assert overall == pytest.approx(ck.meta["val_dice"], abs=1e-4)
+    log = pd.read_csv(bundled_checkpoint(name).with_name(bundled_checkpoint(name).stem + ".log.csv")).iloc[-1]
+    assert log["epoch"] == ck.meta["epoch"] and log["val_dice"] == pytest.approx(overall, abs=1e-4)
+    assert by_group == pytest.approx({g: log[f"val_dice[{g}]"] for g in by_group}, abs=1e-4)
+    readme_overall, readme_groups = BUNDLED_README_DICE[name]
+    assert overall == pytest.approx(readme_overall, abs=5e-4) and by_group == pytest.approx(readme_groups, abs=5e-4)
