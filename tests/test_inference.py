@@ -200,6 +200,7 @@ def test_prediction_scores_a_partial_roi_as_equation_1_by_hand(maps):
     (196 voxels), and its mean entropy differs from the image's, so dividing by the image,
     averaging the whole image or counting the box each give other numbers.
     """
+    assert InferenceConfig().roi_radius == 3  # the README's default r
     prob = partial_roi_probabilities()
     logits = torch.log(prob) - torch.log1p(-prob)
     predictor = Predictor(nn.Identity(), ModelConfig(), InferenceConfig(device="cpu", roi_radius=1, maps=maps))
