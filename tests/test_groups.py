@@ -112,3 +112,50 @@ def test_menopause_and_age_bins():
     ages = mamamia_age_group(pd.Series([40, 40.5, 50, 61, 70, 71, 105, None]))
     assert ages.tolist()[:7] == ["0-40", "41-50", "41-50", "61-70", "61-70", "71+", "71+"]
     assert pd.isna(ages.iloc[7])
+
+
+def scipy_percentile_ci(values, level=0.95, n_resamples=20000, seed=1):
+    """Independent reference: scipy's percentile bootstrap CI of the mean."""
+    from scipy.stats import bootstrap
+
+    ci = bootstrap((np.asarray(values, dtype=float),), np.mean, method="percentile", n_resamples=n_resamples,
+                   confidence_level=level, random_state=np.random.default_rng(seed)).confidence_interval
+    return ci.low, ci.high
+
+
+def test_bootstrap_ci_is_a_95_percent_percentile_bootstrap_like_scipy():
+    # Monte-Carlo error of either side at 20,000 resamples is ~0.001 here; a 90 % interval would
+    # sit ~0.007 inside the 95 % one on each side.
+    v = np.clip(np.random.default_rng(7).normal(0.8, 0.12, 9), 0, 1)
+    lo, hi = bootstrap_ci(v, n_boot=20000, rng=np.random.default_rng(0))  # documented default level
+    ref_lo, ref_hi = scipy_percentile_ci(v)
+    assert lo == pytest.approx(ref_lo, abs=0.003) and hi == pytest.approx(ref_hi, abs=0.003)
+    lo90, hi90 = scipy_percentile_ci(v, level=0.90)
+    assert lo < lo90 - 0.004 and hi > hi90 + 0.004  # the check above can tell 95 % from 90 %
+    lo80, hi80 = bootstrap_ci(v, n_boot=20000, level=0.8, rng=np.random.default_rng(0))
+    r80 = scipy_percentile_ci(v, level=0.8)
+    assert (lo80, hi80) == pytest.approx(r80, abs=0.003)
+
+
+def test_group_table_std_and_ci_per_group_against_independent_references():
+    rng = np.random.default_rng(11)
+    v = np.r_[np.clip(rng.normal(0.85, 0.05, 12), 0, 1), np.clip(rng.normal(0.6, 0.2, 7), 0, 1), np.nan]
+    g = ["a"] * 12 + ["b"] * 7 + ["b"]
+    t = group_table(v, g, n_boot=20000).set_index("group")  # default level and ddof
+    for name, x in (("a", v[:12]), ("b", v[12:19])):
+        row = t.loc[name]
+        assert row["n"] == len(x) and row["mean"] == pytest.approx(statistics.fmean(x))
+        assert row["std"] == pytest.approx(statistics.stdev(x))  # sample std, ddof = 1
+        assert (row["ci_low"], row["ci_high"]) == pytest.approx(scipy_percentile_ci(x), abs=0.004), name
+    assert t.loc["b", "n_nan"] == 1 and bool(t.loc["b", "small"]) and not t.loc["a", "small"]
+
+
+def test_equity_summary_gap_worst_group_and_variance_by_hand():
+    dice = np.array([0.9, 0.95, 0.5, 0.6, 0.7, 0.8, 0.75, 0.2])
+    race = ["A", "A", "B", "B", "C", "C", "C", None]
+    means = {"A": 0.925, "B": 0.55, "C": 0.75}  # overall (unknown included) 0.675 ≠ any of these
+    e = equity_summary(dice, race)
+    assert e["gap"] == pytest.approx(0.925 - 0.55)  # max − min of the known group means
+    assert e["worst_group"] == "B" and e["n_groups"] == 3 and e["n_unknown"] == 1
+    assert e["group_variance"] == pytest.approx(statistics.pvariance(means.values()))
+    assert e["essp_std"] == pytest.approx(dice.mean() / (1 + statistics.stdev(means.values())))
