@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH_CONSTRAINT ?= -c constraints/cpu.txt
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint bench zoo clean
+.PHONY: install demo test lint bench zoo mutate clean
 
 $(STAMP): pyproject.toml setup.cfg constraints/cpu.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,14 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_round.py
 	xvfb-run -a $(BIN)/python benchmarks/bench_gui.py
 
+# Mutation testing (mutmut, configured in pyproject.toml) of the modules whose numbers are the
+# product; not in CI (about MUTATE_MIN minutes here, see the README). Kill rates per module follow.
+mutate: $(STAMP)
+	$(BIN)/python -m pip install --quiet "mutmut==3.8.1"
+	rm -rf mutants
+	OMP_NUM_THREADS=1 $(BIN)/mutmut run --max-children 2
+	$(BIN)/python benchmarks/mutation_report.py
+
 # Rebuild the bundled checkpoints (napari_fairseg/models/bundled/README.md).
 ZOO := napari_fairseg/models/bundled
 zoo: $(STAMP)
@@ -52,4 +60,4 @@ zoo: $(STAMP)
 	cp build/zoo/*.log.csv $(ZOO)/
 
 clean:
-	rm -rf $(VENV) demo_output build *.egg-info
+	rm -rf $(VENV) demo_output build *.egg-info mutants

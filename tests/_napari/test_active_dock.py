@@ -123,3 +123,16 @@ def test_cancel_button_stops_a_retrain_and_records_nothing(make_napari_viewer, q
     qtbot.waitUntil(lambda: dock.runner.busy and dock.runner.last.stage == "epoch", timeout=60_000)
     viewer.window.remove_dock_widget(viewer.window.dock_widgets["Active learning (napari-fairseg)"].parent())
     qtbot.waitUntil(lambda: not dock.runner.busy, timeout=30_000)
+
+
+def test_folder_button_opens_a_project_picked_in_the_dialog(make_napari_viewer, qtbot, open_dock, tiny_brain,
+                                                            labelled_project, monkeypatch):
+    from qtpy.QtWidgets import QFileDialog
+
+    root, _ = labelled_project(tiny_brain)
+    viewer = make_napari_viewer()
+    dock = open_dock(viewer, "Active learning")
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *a, **k: str(root))
+    qtbot.mouseClick(dock.project_browse, Qt.MouseButton.LeftButton)
+    assert dock.project is not None and dock.project_edit.text() == str(root)
+    assert "2 of" in dock.status.text()  # two pool cases labelled

@@ -146,3 +146,16 @@ def test_metadata_split_column_joins_a_folder_without_splits(png_cohort):
     cohort = open_cohort(png_cohort, classes={"rim": (1,), "cup": (2,)})
     expected = pd.read_csv(png_cohort / "metadata.csv").set_index("case_id")["split"]
     assert cohort.cases.set_index("case_id")["split"].to_dict() == expected.to_dict()
+
+
+def test_file_button_opens_a_manifest_picked_in_the_dialog(make_napari_viewer, qtbot, open_dock, tiny_brain,
+                                                          monkeypatch):
+    viewer = make_napari_viewer()
+    dock = open_dock(viewer, "Cohort")
+    picked = str(tiny_brain.source / "manifest.csv")
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a, **k: (picked, "Manifest (*.csv)"))
+    qtbot.mouseClick(dock.browse_button, Qt.MouseButton.LeftButton)
+    assert dock.path_edit.text() == picked and dock.table.rowCount() == len(tiny_brain)
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a, **k: ("", ""))  # the user cancels the dialog
+    qtbot.mouseClick(dock.browse_button, Qt.MouseButton.LeftButton)
+    assert dock.cohort is not None and dock.table.rowCount() == len(tiny_brain)  # nothing changed
