@@ -166,3 +166,33 @@ def test_objective_narrows_the_gap_without_collapsing_the_majority(trained, obje
     for g in ("major", "minor"):
         ratio = fair[f"fg_{g}"] / truth[g]
         assert ((ratio > 0.6) & (ratio < 1.6)).all(), (g, ratio.round(2).tolist(), msg)
+
+
+def test_divergence_objective_reports_its_weights_and_checks_its_settings():
+    """What the training log records after validation, the documented defaults, and the
+    settings it refuses (alpha outside [0, 1], attributes that are not columns)."""
+    val = pd.DataFrame({"group": ["A"] * 6 + ["B"] * 2, "site": ["a", "b"] * 4,
+                        "dice": [0.9, 0.9, 0.8, 0.8, 0.9, 0.8, 0.4, 0.6]})
+    train = _table(["A", "A", "B"])
+    obj = make_objective("divergence", train, "group", attributes=["group"])  # defaults: α 0.2, support 0.05
+    logged = obj.after_validation(val, "dice")
+    expected = divergence_weights(val, train, "dice", ["group"], min_support=0.05)
+    np.testing.assert_allclose(obj.weights, expected)
+    assert logged == {"weight_max": pytest.approx(expected.max()), "weight_min": pytest.approx(expected.min())}
+    losses = torch.tensor([1.0, 2.0, 4.0], dtype=torch.float64)
+    combined = obj.combine(losses, ["c0", "c1", "c2"])
+    assert combined.dtype == torch.float64
+    assert float(combined) == pytest.approx(0.2 * 7 / 3 + 0.8 * float((torch.as_tensor(expected) * losses).mean()))
+    for alpha in (0.0, 1.0):  # both ends are allowed: plain training, or the weighted term alone
+        assert make_objective("divergence", train, "group", attributes=["group"], alpha=alpha).alpha == alpha
+    for alpha in (-0.01, 1.01, 2.0):
+        with pytest.raises(ValueError, match="alpha"):
+            make_objective("divergence", train, "group", attributes=["group"], alpha=alpha)
+    with pytest.raises(InputDataError, match="not columns"):
+        make_objective("divergence", train, "group", attributes=["group", "age"])
+
+
+def test_groupdro_reports_q_per_group_by_name():
+    obj = make_objective("groupdro", _table(["A", "A", "B"]), "group", eta=0.5)
+    logged = obj.after_validation(pd.DataFrame(), "dice")
+    assert set(logged) == {"q[A]", "q[B]"} and sum(logged.values()) == pytest.approx(1.0)

@@ -193,3 +193,20 @@ def test_dilation_and_roi_scores_on_each_device_equal_scipy(rng, device):
     for scores in (full, lean):
         assert scores.device.type == device
         assert scores.cpu().tolist() == pytest.approx(PARTIAL_ROI_EXPECTED["masked"], rel=1e-5)
+
+
+@pytest.mark.parametrize("rule", ["max", "whole", "nan"])
+def test_the_lean_path_scores_an_empty_prediction_by_the_same_rule(rule):
+    """A case whose prediction is empty (no ROI) scores the same on the lean path as on the
+    full one, under every empty rule; the other case of the batch keeps its Eq. 1 score."""
+    prob = partial_roi_probabilities()
+    prob[1] = 0.2 + 0.1 * torch.linspace(0, 1, prob[1].numel()).reshape(prob[1].shape)  # nothing over 0.5
+    label = decode(prob, "sigmoid", (0, 1))
+    assert label[1].sum() == 0 and label[0].sum() > 0
+    full, full_empty = masked_scaled_entropy(entropy(prob, "sigmoid"), roi_mask(label, 1), empty=rule)
+    lean, lean_empty = masked_scaled_entropy_in_boxes(prob, dilated_boxes(label != 0, 1), "sigmoid", empty=rule)
+    assert full_empty.tolist() == lean_empty.tolist() == [False, True]
+    np.testing.assert_allclose(lean.numpy(), full.numpy(), rtol=1e-5, equal_nan=True)
+    expected = {"max": math.log(2), "whole": float(entropy(prob, "sigmoid")[1].mean()), "nan": float("nan")}[rule]
+    np.testing.assert_allclose(float(lean[1]), expected, rtol=1e-5, equal_nan=True)
+    assert float(lean[0]) == pytest.approx(PARTIAL_ROI_EXPECTED["masked"][0], rel=1e-5)
