@@ -38,7 +38,7 @@ bench: $(STAMP)
 	xvfb-run -a $(BIN)/python benchmarks/bench_gui.py
 
 # Mutation testing (mutmut, configured in pyproject.toml) of the modules whose numbers are the
-# product; not in CI (about MUTATE_MIN minutes here, see the README). Kill rates per module follow.
+# product; not in CI (its time is in the README). Kill rates per module follow.
 mutate: $(STAMP)
 	$(BIN)/python -m pip install --quiet "mutmut==3.8.1"
 	rm -rf mutants
