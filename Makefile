@@ -39,10 +39,12 @@ bench: $(STAMP)
 
 # Mutation testing (mutmut, configured in pyproject.toml) of the modules whose numbers are the
 # product; not in CI (its time is in the README). Kill rates per module follow.
+# One module: make mutate MUTANTS='napari_fairseg.metrics.groups*'
+MUTANTS ?=
 mutate: $(STAMP)
 	$(BIN)/python -m pip install --quiet "mutmut==3.8.1"
 	rm -rf mutants
-	OMP_NUM_THREADS=1 $(BIN)/mutmut run --max-children 2
+	OMP_NUM_THREADS=1 $(BIN)/mutmut run --max-children 2 $(MUTANTS)
 	$(BIN)/python benchmarks/mutation_report.py
 
 # Rebuild the bundled checkpoints (napari_fairseg/models/bundled/README.md).

@@ -14,6 +14,7 @@ from napari_fairseg.metrics import (
     mamamia_scores,
     variance_fairness,
 )
+from napari_fairseg.metrics.groups import UNKNOWN
 
 
 def fairseg_equity_scaled_perf(identity_wise_perf, overall_perf):
@@ -159,3 +160,40 @@ def test_equity_summary_gap_worst_group_and_variance_by_hand():
     assert e["worst_group"] == "B" and e["n_groups"] == 3 and e["n_unknown"] == 1
     assert e["group_variance"] == pytest.approx(statistics.pvariance(means.values()))
     assert e["essp_std"] == pytest.approx(dice.mean() / (1 + statistics.stdev(means.values())))
+
+
+def test_group_statistics_at_their_edges():
+    """Empty, all-NaN and one-case groups, no resampling, the shared random stream, the
+    default small-group size and the table's columns: the cases real cohorts hit first."""
+    assert all(np.isnan(bootstrap_ci([]))) and all(np.isnan(bootstrap_ci([np.nan, np.nan])))
+    assert bootstrap_ci([0.7, np.nan]) == (0.7, 0.7)  # one value: its own interval
+    assert all(np.isnan(bootstrap_ci([0.2, 0.4], n_boot=0)))  # no resample, no interval
+    lo, hi = bootstrap_ci([0.2, 0.4], n_boot=1)
+    assert lo == hi and min(abs(lo - m) for m in (0.2, 0.3, 0.4)) < 1e-12  # one resample's mean
+    v = np.array([0.1, 0.5, 0.9, 0.4, 0.8])
+    assert bootstrap_ci(v) == bootstrap_ci(v, rng=np.random.default_rng(0))  # documented default stream
+
+    values = [0.5, np.nan, 0.9, 0.1, 0.3, 0.6]
+    groups = ["A", "B", "C", "C", None, "C"]
+    table = group_table(values, groups, n_boot=300).set_index("group")
+    assert list(group_table([], [], n_boot=10).columns) == ["group", "known", "n", "n_nan", "mean", "std",
+                                                            "ci_low", "ci_high", "small"]
+    assert table.loc["A", "mean"] == 0.5 and np.isnan(table.loc["A", "std"])  # one case: no spread
+    assert (table.loc["A", "ci_low"], table.loc["A", "ci_high"]) == (0.5, 0.5)
+    assert table.loc["B", ["n", "n_nan"]].tolist() == [0, 1] and np.isnan(table.loc["B", "mean"])
+    assert table.loc["C", "std"] == pytest.approx(statistics.stdev([0.9, 0.1, 0.6]))
+    rng = np.random.default_rng(0)  # one stream shared by the groups in table order
+    for name in table.index:
+        x = np.array([v for v, g in zip(values, groups, strict=True) if (g if g is not None else UNKNOWN) == name])
+        expected = bootstrap_ci(x[~np.isnan(x)], n_boot=300, rng=rng)
+        np.testing.assert_allclose([table.loc[name, "ci_low"], table.loc[name, "ci_high"]], expected)
+    ten = group_table(np.linspace(0, 1, 19), ["big"] * 10 + ["nine"] * 9, n_boot=10).set_index("group")
+    assert not ten.loc["big", "small"] and ten.loc["nine", "small"]  # default min_size 10
+
+    nothing = equity_summary([np.nan, np.nan], ["A", "B"])
+    assert np.isnan(nothing["overall"]) and np.isnan(nothing["delta"]) and np.isnan(nothing["es"])
+    assert np.isnan(nothing["gap"]) and nothing["worst_group"] is None and nothing["n"] == 0
+    one = equity_summary([0.4, 0.6, np.nan], ["A", "A", "B"])  # B has no evaluated case: left out
+    assert one["n_groups"] == 1 and one["delta"] == pytest.approx(0.0) and one["es"] == pytest.approx(0.5)
+    assert np.isnan(one["essp_std"]) and one["group_variance"] == 0.0  # std of one mean: undefined (ddof 1)
+    assert np.isnan(equity_summary([0.4, 0.6], ["A", "A"], var_ddof=1)["group_variance"])
