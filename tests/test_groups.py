@@ -173,19 +173,19 @@ def test_group_statistics_at_their_edges():
     v = np.array([0.1, 0.5, 0.9, 0.4, 0.8])
     assert bootstrap_ci(v) == bootstrap_ci(v, rng=np.random.default_rng(0))  # documented default stream
 
-    values = [0.5, np.nan, 0.9, 0.1, 0.3, 0.6]
-    groups = ["A", "B", "C", "C", None, "C"]
-    table = group_table(values, groups, n_boot=300).set_index("group")
+    values = [0.5, 0.8, 0.12, 0.95, 0.33, 0.71, np.nan, 0.9, 0.1, 0.3, 0.6]
+    groups = ["A", "A", "A", "A", "A", "A", "B", "C", "C", None, "C"]
+    table = group_table(values, groups, n_boot=300, level=0.9).set_index("group")
     assert list(group_table([], [], n_boot=10).columns) == ["group", "known", "n", "n_nan", "mean", "std",
                                                             "ci_low", "ci_high", "small"]
-    assert table.loc["A", "mean"] == 0.5 and np.isnan(table.loc["A", "std"])  # one case: no spread
-    assert (table.loc["A", "ci_low"], table.loc["A", "ci_high"]) == (0.5, 0.5)
+    assert table.loc["unknown", "mean"] == 0.3 and np.isnan(table.loc["unknown", "std"])  # one case: no spread
+    assert (table.loc["unknown", "ci_low"], table.loc["unknown", "ci_high"]) == (0.3, 0.3)
     assert table.loc["B", ["n", "n_nan"]].tolist() == [0, 1] and np.isnan(table.loc["B", "mean"])
     assert table.loc["C", "std"] == pytest.approx(statistics.stdev([0.9, 0.1, 0.6]))
-    rng = np.random.default_rng(0)  # one stream shared by the groups in table order
+    rng = np.random.default_rng(0)  # one stream shared by the groups in table order (A, then C resample)
     for name in table.index:
         x = np.array([v for v, g in zip(values, groups, strict=True) if (g if g is not None else UNKNOWN) == name])
-        expected = bootstrap_ci(x[~np.isnan(x)], n_boot=300, rng=rng)
+        expected = bootstrap_ci(x[~np.isnan(x)], n_boot=300, level=0.9, rng=rng)
         np.testing.assert_allclose([table.loc[name, "ci_low"], table.loc[name, "ci_high"]], expected)
     ten = group_table(np.linspace(0, 1, 19), ["big"] * 10 + ["nine"] * 9, n_boot=10).set_index("group")
     assert not ten.loc["big", "small"] and ten.loc["nine", "small"]  # default min_size 10
@@ -197,3 +197,7 @@ def test_group_statistics_at_their_edges():
     assert one["n_groups"] == 1 and one["delta"] == pytest.approx(0.0) and one["es"] == pytest.approx(0.5)
     assert np.isnan(one["essp_std"]) and one["group_variance"] == 0.0  # std of one mean: undefined (ddof 1)
     assert np.isnan(equity_summary([0.4, 0.6], ["A", "A"], var_ddof=1)["group_variance"])
+    two = {"g": ["a", "a", "b", "b"]}
+    v4 = [0.2, 0.4, 0.6, 1.0]  # group means 0.3 and 0.8
+    assert variance_fairness(v4, two, ddof=1) == pytest.approx(-statistics.variance([0.3, 0.8]))
+    assert variance_fairness(v4, two) == pytest.approx(-statistics.pvariance([0.3, 0.8]))
