@@ -44,8 +44,7 @@ from ..data.arrays import load_image
 from ..data.layers import case_tag, cohort_of, image_layer, labels_layer
 from ..errors import InputDataError, user_message
 from ..inference import InferenceConfig, predict_cases_job
-from .cohort_dock import FILE_ERRORS
-from .viewer_layers import current_case, focus_on, show_layers
+from .viewer_layers import FILE_ERRORS, current_case, focus_on, show_layers
 from .workers import JobDock
 
 

@@ -41,8 +41,7 @@ from ..errors import user_message
 from ..metrics.subgroups import intersection_cells, intersection_table
 from ..report.audit import AuditConfig, audit_job, write_audit
 from ..report.figures import draw_heatmap
-from .cohort_dock import FILE_ERRORS
-from .viewer_layers import current_case, show_layers
+from .viewer_layers import FILE_ERRORS, current_case, show_layers
 from .workers import JobDock
 
 NONE = "(none)"

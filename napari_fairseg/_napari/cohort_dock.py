@@ -36,12 +36,10 @@ from ..data.arrays import load_image, load_prediction, prediction_path
 from ..data.classes import format_classes, parse_classes
 from ..data.layers import case_layers, labels_layer
 from ..data.readers import open_cohort
-from ..errors import FairSegError, user_message
-from .viewer_layers import focus_on, show_layers
+from ..errors import user_message
+from .viewer_layers import FILE_ERRORS, focus_on, show_layers
 
 ALL = "(all)"
-#: what opening a cohort or a case can raise on a user's files
-FILE_ERRORS = (FairSegError, OSError, ValueError, KeyError)
 
 
 class CohortDock(QWidget):

@@ -33,8 +33,7 @@ from ..inference import InferenceConfig, predict_cases_job
 from ..inference.uncertainty import max_entropy
 from ..models.zoo import BUNDLED, bundled_models
 from ..training import TrainConfig, model_config_for, train_job
-from .cohort_dock import FILE_ERRORS
-from .viewer_layers import current_case, show_layers
+from .viewer_layers import FILE_ERRORS, current_case, show_layers
 from .workers import JobDock
 
 FILE = "checkpoint file…"

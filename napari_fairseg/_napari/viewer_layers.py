@@ -11,6 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import FairSegError
+
+#: what opening a cohort, a case or a project can raise on a user's files (shown, never raised)
+FILE_ERRORS = (FairSegError, OSError, ValueError, KeyError)
+
 
 def tag_of(layer) -> dict:
     """A layer's ``metadata["fairseg"]`` (empty when the plugin did not make it)."""

@@ -102,13 +102,9 @@ def _cmd_train(args) -> int:
 
 def _cmd_predict(args) -> int:
     from ..data.readers import open_cohort
-    from ..inference import InferenceConfig, Predictor, predict_pool_job
-    from ..models.checkpoint import check_compatible, load_checkpoint
-    from ..models.zoo import resolve_checkpoint
+    from ..inference import InferenceConfig, predict_cases_job
 
     cohort = open_cohort(args.cohort, metadata=args.metadata, classes=parse_classes(args.classes))
-    ckpt = load_checkpoint(resolve_checkpoint(args.model))
-    check_compatible(ckpt, cohort)
     settings = InferenceConfig(device=args.device, amp=not args.no_amp, batch_size=args.batch_size,
                                uncertainty=args.uncertainty, passes=args.passes, roi_radius=args.roi_radius,
                                empty=args.empty, seed=args.seed)
@@ -117,9 +113,9 @@ def _cmd_predict(args) -> int:
         ids = [c for c in (ids or cohort.case_ids) if cohort.row(c)["split"] == args.split]
         if not ids:
             raise InputDataError(cohort.source, f"no cases in split {args.split!r}")
-    predictor = Predictor.from_checkpoint(ckpt, settings)
-    result = run_with_bar(predict_pool_job(cohort, predictor, ids, out_dir=args.out, write_maps=not args.no_maps,
-                                   checkpoint=ckpt), args.quiet)
+    # the job the Model & inference dock runs: load and check the checkpoint, then predict
+    result = run_with_bar(predict_cases_job(cohort, args.model, ids, settings=settings, out_dir=args.out,
+                                            write_maps=not args.no_maps), args.quiet)
     print(f"predicted {len(result.scores)} cases on {result.device} in {result.seconds:.1f} s -> {args.out}")
     for line in result.warning_summary:  # inputs unlike the model's training data, once per kind
         print(f"fairseg: warning: {line}", file=sys.stderr)
