@@ -44,7 +44,7 @@ MUTANTS ?=
 mutate: $(STAMP)
 	$(BIN)/python -m pip install --quiet "mutmut==3.8.1"
 	rm -rf mutants
-	OMP_NUM_THREADS=1 $(BIN)/mutmut run --max-children 2 $(MUTANTS)
+	FAIRSEG_MUTATION=1 OMP_NUM_THREADS=1 $(BIN)/mutmut run --max-children 2 $(MUTANTS)
 	$(BIN)/python benchmarks/mutation_report.py
 
 # Rebuild the bundled checkpoints (napari_fairseg/models/bundled/README.md).

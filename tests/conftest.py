@@ -1,6 +1,79 @@
+import gc
+import importlib
+import json
+import os
+import time
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 import pytest
+
+# --- make mutate: the same tests, run faster --------------------------------------------------
+# mutmut runs, for each mutant, every test that reaches the mutated function, in a fresh fork of
+# one warmed-up process, stopping at the first failure. Two things make that cheap without
+# changing what is tested: libraries the tests import lazily are imported once, in the process
+# that is forked (not once per mutant), and each mutant's tests run cheapest first, so a killed
+# mutant usually dies on a unit test before the slow end-to-end tests start. The costs come from
+# mutmut's stats run (the whole selection, unmutated): each test's own time plus the setup time
+# of the module/session fixtures it needs. Off unless FAIRSEG_MUTATION is set (the Makefile).
+MUTATION = bool(os.environ.get("FAIRSEG_MUTATION"))
+TEST_COSTS = "fairseg-test-costs.json"  # in mutmut's working copy (mutants/)
+LAZY_IMPORTS = ("torch._dynamo", "torch._inductor", "monai.networks.nets", "monai.metrics",
+                "scipy.ndimage", "scipy.stats", "scipy.io", "divexplorer", "openpyxl", "nilearn.image",
+                "nilearn.datasets", "napari", "napari._qt", "napari_fairseg.report", "napari_fairseg.cli")
+_shared_fixture_s: dict[str, float] = {}
+_own_s: dict[str, float] = {}
+_running: list[str] = []
+
+
+def _mutmut_phase():
+    return os.environ.get("MUTANT_UNDER_TEST", "")
+
+
+if MUTATION:
+    def pytest_collection_finish(session):
+        for name in LAZY_IMPORTS:
+            importlib.import_module(name)
+        # Everything loaded so far lives as long as the process: keep it out of the collector, or
+        # each mutant's pytest session spends ~1 s in gc.collect() walking torch's and napari's
+        # objects (and copying the forked pages it touches).
+        gc.freeze()
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_fixture_setup(fixturedef, request):
+        start = time.perf_counter()
+        yield
+        if fixturedef.scope != "function":
+            seconds = time.perf_counter() - start
+            _shared_fixture_s[fixturedef.argname] = max(seconds, _shared_fixture_s.get(fixturedef.argname, 0.0))
+            if _running:
+                _own_s[_running[-1]] -= seconds  # counted with the fixture, not the test
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_protocol(item, nextitem):
+        _own_s[item.nodeid] = 0.0
+        _running.append(item.nodeid)
+        start = time.perf_counter()
+        yield
+        _running.pop()
+        _own_s[item.nodeid] += time.perf_counter() - start
+
+    def pytest_sessionfinish(session):
+        if _mutmut_phase() == "stats":
+            path = Path(session.config.rootpath) / TEST_COSTS
+            path.write_text(json.dumps({"tests": _own_s, "shared_fixtures": _shared_fixture_s}))
+
+    def pytest_collection_modifyitems(config, items):
+        path = Path(config.rootpath) / TEST_COSTS
+        if _mutmut_phase() in ("", "stats") or not path.exists():
+            return
+        costs = json.loads(path.read_text())
+
+        def cost(item):
+            shared = sum(costs["shared_fixtures"].get(name, 0.0) for name in item.fixturenames)
+            return costs["tests"].get(item.nodeid, 60.0) + shared
+        items.sort(key=cost)
 
 
 def blob(shape, centre, radius):
