@@ -146,3 +146,11 @@ def test_import_labels_from_a_manifest(tmp_path, tiny_brain):
                       tiny_brain.classes, "other", source=tiny_brain.source)
     with pytest.raises(InputDataError, match="not in this project"):
         project.import_labels(stranger)
+
+
+def test_the_labelling_database_opens_without_torch():
+    # Every annotation save from another process (and each `fairseg project` command) imports
+    # the project module: it must not pay ~1.5 s for torch, which only models need.
+    code = "import sys, napari_fairseg.active.project; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr
