@@ -1,9 +1,12 @@
 """Kill rate per module of the last ``make mutate`` run (mutmut 3), from ``mutmut results --all true``.
 
 Prints, per mutated module: mutants checked, killed (a test failed, or the mutant timed out —
-an infinite loop is caught too), survived, and the kill rate; then the survivors by name, to
-be read with ``mutmut show NAME`` and either killed by a new test or explained as equivalent
-in the README.
+an infinite loop is caught too), survived, the survivors explained as equivalent (no test can
+tell them from the original: ``benchmarks/mutation_equivalents/<module>.csv``, one
+``mutant,reason`` row each) and the kill rate over the non-equivalent mutants; then the
+unexplained survivors by name, to be read with ``mutmut show NAME`` and either killed by a new
+test or explained, and the listed equivalents that no longer survive (stale rows: mutant numbers
+shift when a function changes).
 
 Run: ``python benchmarks/mutation_report.py`` from the repository root after ``make mutate``.
 """
@@ -35,33 +38,57 @@ def results() -> list[tuple[str, str, str]]:
     return rows
 
 
+EQUIVALENTS = Path(__file__).resolve().parent / "mutation_equivalents"
+
+
+def equivalents() -> dict[str, str]:
+    """``{mutant name: why it is equivalent}`` from ``mutation_equivalents/*.csv``."""
+    import csv
+
+    out = {}
+    for path in sorted(EQUIVALENTS.glob("*.csv")):
+        with open(path, newline="") as fh:
+            out.update({row["mutant"].strip(): row["reason"].strip() for row in csv.DictReader(fh)})
+    return out
+
+
 def main() -> int:
     rows = results()
+    explained = equivalents()
     if not rows:
         print("no mutation results: run `make mutate` first")
         return 1
     by_module: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     for module, _, status in rows:
         by_module[module][status] += 1
-    print(f"{'module':<44} {'checked':>7} {'killed':>7} {'survived':>8} {'no tests':>8} {'kill rate':>9}")
+    equivalent = collections.Counter(module for module, name, status in rows
+                                     if status in SURVIVED and name in explained)
+    print(f"{'module':<40} {'checked':>7} {'killed':>7} {'survived':>8} {'equiv.':>6} {'no tests':>8} "
+          f"{'kill rate*':>10}")
     total = collections.Counter()
     for module in sorted(by_module):
         c = by_module[module]
         total.update(c)
         killed, survived = sum(c[s] for s in KILLED), sum(c[s] for s in SURVIVED)
-        checked = killed + survived
-        rate = f"{killed / checked:.1%}" if checked else "—"
-        print(f"{module:<44} {checked:>7} {killed:>7} {survived:>8} {c['no tests']:>8} {rate:>9}")
+        checked, eq = killed + survived, equivalent[module]
+        rate = f"{killed / (checked - eq):.1%}" if checked > eq else "—"
+        print(f"{module:<40} {checked:>7} {killed:>7} {survived:>8} {eq:>6} {c['no tests']:>8} {rate:>10}")
     killed, survived = sum(total[s] for s in KILLED), sum(total[s] for s in SURVIVED)
-    print(f"{'all':<44} {killed + survived:>7} {killed:>7} {survived:>8} {total['no tests']:>8} "
-          f"{killed / max(killed + survived, 1):>9.1%}")
+    eq = sum(equivalent.values())
+    print(f"{'all':<40} {killed + survived:>7} {killed:>7} {survived:>8} {eq:>6} {total['no tests']:>8} "
+          f"{killed / max(killed + survived - eq, 1):>10.1%}")
+    print("* killed / (checked - equivalent)")
     other = {s: n for s, n in total.items() if s not in KILLED | SURVIVED | {"no tests"}}
     if other:
         print("not counted:", ", ".join(f"{s} {n}" for s, n in sorted(other.items())))
-    print("\nsurvivors (mutmut show NAME):")
+    print("\nunexplained survivors (mutmut show NAME):")
     for _, name, status in rows:
-        if status in SURVIVED:
+        if status in SURVIVED and name not in explained:
             print(f"  {name}  [{status}]")
+    status_of = {name: status for _, name, status in rows}
+    stale = [n for n in explained if n in status_of and status_of[n] not in SURVIVED]
+    if stale:
+        print("\nlisted as equivalent but killed now (remove the rows):", *stale, sep="\n  ")
     return 0
 
 
