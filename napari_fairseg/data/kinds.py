@@ -22,8 +22,8 @@ from types import MappingProxyType
 READERS = ("folder", "npz", "mamamia")
 #: File formats :mod:`.arrays` reads and writes.
 FORMATS = ("nifti", "npz", "image")
-#: The bundled model families (:data:`napari_fairseg.models.zoo.BUNDLED`).
-SAMPLES = ("brain", "fundus")
+#: Regions a default preprocessing pipeline crops to (``Pipeline.crop``).
+CROPS = ("foreground", "box", "none")
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,6 @@ class Storage:
 NIFTI = Storage("nifti", (".nii", ".nii.gz"), ".nii.gz", affine=True)
 NPZ = Storage("npz", (".npz",), ".npz", keyed=True)
 IMAGE = Storage("image", (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"), ".png")
-STORAGES = {s.name: s for s in (NIFTI, NPZ, IMAGE)}
 
 #: Harvard-FairSeg mask codes → class values (rim −1 → 1, cup −2 → 2).
 FAIRSEG_MASK_CODES = MappingProxyType({0: 0, -1: 1, -2: 2})
@@ -91,7 +90,8 @@ class CohortKind:
     default_classes : mapping of str to tuple of int
         Class definitions used when a cohort does not state its own.
     sample : str
-        One of :data:`SAMPLES`: the bundled model family the docks pick for a case of this kind.
+        The bundled model (a key of :data:`napari_fairseg.models.zoo.BUNDLED`) the docks pick for
+        a case of this kind.
     label_codes : mapping of int to int
         The dataset's own label codes → class values (FairSeg: 0, −1 rim, −2 cup). Masks that
         use them are decoded on reading and written back in them; a mask that mixes them with
@@ -101,6 +101,9 @@ class CohortKind:
     modalities : tuple of str
         For the ``npz`` reader: the image modalities the files may hold (``slo``, ``oct``); a kind
         with one modality always reads that one.
+    crop : str
+        One of :data:`CROPS`: the region a default preprocessing pipeline crops to (MAMA-MIA: the
+        breast bounding box of its patient-info files; otherwise the foreground).
     description : str
         One line for people.
     """
@@ -114,6 +117,7 @@ class CohortKind:
     label_codes: Mapping[int, int] = field(default_factory=dict)
     mask_255: bool = False
     modalities: tuple[str, ...] = ()
+    crop: str = "foreground"
     description: str = ""
 
     def __post_init__(self):
@@ -121,8 +125,8 @@ class CohortKind:
             raise ValueError(f"kind {self.name!r}: spatial_dims must be 2 or 3, got {self.spatial_dims!r}")
         if self.reader not in READERS:
             raise ValueError(f"kind {self.name!r}: reader must be one of {READERS}, got {self.reader!r}")
-        if self.sample not in SAMPLES:
-            raise ValueError(f"kind {self.name!r}: sample must be one of {SAMPLES}, got {self.sample!r}")
+        if self.crop not in CROPS:
+            raise ValueError(f"kind {self.name!r}: crop must be one of {CROPS}, got {self.crop!r}")
         if self.reader == "npz" and not self.modalities:
             raise ValueError(f"kind {self.name!r}: the npz reader needs at least one modality")
         if not self.default_classes:
@@ -142,7 +146,7 @@ class CohortKind:
     def nifti_maps(self) -> bool:
         """Uncertainty maps are written one NIfTI file per map with the image's affine; otherwise
         all maps of a case go into one ``.npz``."""
-        return self.storage.affine
+        return self.storage.name == "nifti"
 
     @property
     def coded(self) -> frozenset[int]:
@@ -164,7 +168,7 @@ KIND: dict[str, CohortKind] = {k.name: k for k in (
     CohortKind("fairdomain", NPZ, 2, "npz", FUNDUS_CLASSES, "fundus", label_codes=FAIRSEG_MASK_CODES,
                modalities=("slo", "oct"), description="FairDomain: SLO or OCT fundus images in .npz"),
     # no bundled breast model (yet): the docks offer the 3D brain model, as before
-    CohortKind("mamamia", NIFTI, 3, "mamamia", BINARY_CLASSES, "brain",
+    CohortKind("mamamia", NIFTI, 3, "mamamia", BINARY_CLASSES, "brain", crop="box",
                description="MAMA-MIA: DCE-MRI phases as channels, expert tumour segmentations"),
 )}
 
