@@ -27,6 +27,7 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
+from ..data.kinds import KIND
 from ..data.layers import cohort_of, prediction_layers
 from ..errors import user_message
 from ..inference import InferenceConfig, predict_cases_job
@@ -213,7 +214,7 @@ class InferenceDock(JobDock):
         tag = (event.value.metadata or {}).get("fairseg", {})
         kind = tag.get("kind")
         if kind and self.model_combo.currentText() != FILE:
-            name = "fundus" if kind in ("fairseg", "fairdomain", "image2d") else "brain"
+            name = KIND[kind].sample if kind in KIND else "brain"  # a foreign tag: the 3D model, as ever
             self.model_combo.setCurrentText(f"{name} (bundled)")
         if tag.get("case_id") and tag.get("cohort") and self.status.text().startswith("Open a case first"):
             self.status.setText(f"{tag['case_id']} is open: Run on this case, or on its cohort.")

@@ -33,9 +33,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..data.arrays import label_key, load_image, load_label_file, prediction_path, save_label
+from ..data.arrays import label_ref, load_image, load_label_file, prediction_path, save_label
 from ..data.atomic import FILE_MODE, OUTPUT_MARKER, check_inside, mark_output, write_csv_atomic
-from ..data.manifest import KEY_SEP, Cohort, refuse_overwriting_inputs, write_manifest
+from ..data.manifest import Cohort, refuse_overwriting_inputs, write_manifest
 from ..data.readers import open_cohort
 from ..errors import InputDataError
 
@@ -236,10 +236,7 @@ class Project:
             raise InputDataError(path, "the project records an annotation outside its folder: refused")
         if not path.is_file() or sha256_file(path) != row["sha256"]:
             raise InputDataError(path, "annotation file is missing or differs from its recorded checksum")
-        ref = str(path)
-        if self.cohort.kind in ("fairseg", "fairdomain"):
-            ref += KEY_SEP + label_key(self.cohort, case_id)
-        return ref
+        return label_ref(self.cohort, path, case_id)
 
     def load_annotation(self, case_id: str, version: int | None = None) -> np.ndarray:
         """A version (default: the latest) as a class map, checked against its recorded sha256."""
@@ -449,10 +446,7 @@ class Project:
             dest = prediction_path(self.cohort, out / "labels", cid)
             like = load_image(self.cohort, cid)
             save_label(self.cohort, dest, self.load_annotation(cid), like=like)
-            ref = str(dest)
-            if self.cohort.kind in ("fairseg", "fairdomain"):
-                ref += KEY_SEP + label_key(self.cohort, cid)
-            cases.loc[cases["case_id"] == cid, "label"] = ref
+            cases.loc[cases["case_id"] == cid, "label"] = label_ref(self.cohort, dest, cid)
         written = {"manifest": write_manifest(Cohort(cases, self.cohort.kind, self.cohort.classes,
                                                      f"{self.cohort.name}-labels", list(self.cohort.notes)),
                                               out / "manifest.csv")}

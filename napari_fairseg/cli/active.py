@@ -118,7 +118,7 @@ def _cmd_suggest(args) -> int:
 
 def _cmd_label(args) -> int:
     from ..active import Project
-    from ..data.arrays import label_key, load_image, load_label_file
+    from ..data.arrays import label_ref, load_image, load_label_file
     from ..data.manifest import KEY_SEP
 
     with Project.open(args.project) as p:
@@ -127,9 +127,7 @@ def _cmd_label(args) -> int:
         mask = Path(args.mask)
         if not mask.is_file():
             raise InputDataError(mask, "mask file not found")
-        ref = str(mask)
-        if p.cohort.kind in ("fairseg", "fairdomain") and KEY_SEP not in ref:
-            ref += KEY_SEP + label_key(p.cohort, args.case)
+        ref = str(mask) if KEY_SEP in str(mask) else label_ref(p.cohort, mask, args.case)  # a key given wins
         label = load_label_file(p.cohort, ref, expect=load_image(p.cohort, args.case))
         version = p.save_annotation(args.case, label, author=args.author, source=args.source)
     print(f"saved {args.case} version {version} (author {args.author}, source {args.source})")

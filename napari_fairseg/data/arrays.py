@@ -1,8 +1,10 @@
 """Loading and saving the arrays of a case with their geometry.
 
 Images come back channel-first, ``(C, *spatial)`` float32; labels as ``(*spatial)`` int16
-class maps whose values are those named in ``Cohort.classes`` (FairSeg codes −1/−2 become
-rim = 1, cup = 2). NIfTI affines and voxel spacings (mm) are kept; 2D images get unit spacing.
+class maps whose values are those named in ``Cohort.classes`` (a kind's own label codes, e.g.
+FairSeg's −1/−2, become class values: rim = 1, cup = 2). NIfTI affines and voxel spacings (mm)
+are kept; 2D images get unit spacing. Which format a case is in, and how its labels are coded, is
+the cohort kind's description (:mod:`.kinds`).
 
 Every reader checks an array's shape from the file's header against a voxel limit
 (:func:`max_voxels`, environment variable ``FAIRSEG_MAX_VOXELS``) before decompressing it: a
@@ -22,12 +24,11 @@ import numpy as np
 
 from ..errors import InputDataError
 from .atomic import atomic_path, path_inside
+from .kinds import IMAGE, NIFTI, CohortKind, kind_of
 from .manifest import KEY_SEP, Cohort, split_channels
 
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
-IMAGE2D_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-#: Harvard-FairSeg mask codes → class values.
-FAIRSEG_MASK_CODES = {0: 0, -1: 1, -2: 2}
+NIFTI_SUFFIXES = NIFTI.suffixes
+IMAGE2D_SUFFIXES = IMAGE.suffixes
 #: Accepted npz keys, in order of preference (README and code disagree).
 NPZ_IMAGE_KEYS = {"slo": ("slo_fundus", "fundus_slo"), "oct": ("fundus_oct", "oct_fundus")}
 NPZ_LABEL_KEYS = {"slo": ("disc_cup_mask", "disc_cup", "slo_disc_cup"), "oct": ("oct_disc_cup",)}
@@ -207,10 +208,12 @@ def _check_finite(arr: np.ndarray, source) -> None:
 def to_class_map(arr: np.ndarray, *, kind: str, classes: dict[str, tuple[int, ...]], source) -> np.ndarray:
     """Validate a label / prediction array and return it as an int16 class map.
 
-    FairSeg masks may use the dataset's codes (0, −1 rim, −2 cup) or class indices (0, 1, 2);
-    2D image masks stored as 0/255 become 0/1. Anything else outside the declared class values
-    is an error that names the values found.
+    ``kind`` (a kind's name) says how its masks may be coded: FairSeg masks may use the
+    dataset's codes (0, −1 rim, −2 cup) or class indices (0, 1, 2) (``label_codes``); 2D image
+    masks stored as 0/255 become 0/1 (``mask_255``). Anything else outside the declared class
+    values is an error that names the values found.
     """
+    spec = kind_of(kind)
     arr = np.asarray(arr)
     if arr.dtype == bool:
         arr = arr.astype(np.int16)
@@ -220,14 +223,12 @@ def to_class_map(arr: np.ndarray, *, kind: str, classes: dict[str, tuple[int, ..
         if not np.array_equal(arr, np.round(arr)):
             raise InputDataError(source, "label is not integer-valued (probabilities? threshold them first)")
     values = set(np.unique(arr).astype(int).tolist())
-    if kind in ("fairseg", "fairdomain"):
-        if values <= set(FAIRSEG_MASK_CODES) and values & {-1, -2}:
-            lut = np.zeros(3, dtype=np.int16)
-            lut[[-1, -2]] = [1, 2]
-            return lut[arr.astype(np.int64)]
-        if any(v < 0 for v in values) and any(v > 0 for v in values):
-            raise InputDataError(source, f"mask mixes FairSeg codes and class indices: values {sorted(values)}")
-    if kind == "image2d" and values <= {0, 255}:
+    if values & spec.coded:
+        if values <= set(spec.label_codes):
+            return _decode(arr, spec.label_codes)
+        raise InputDataError(source, f"mask mixes {spec.name} label codes {sorted(spec.label_codes)} and class "
+                             f"indices: values {sorted(values)}")
+    if spec.mask_255 and values <= {0, 255}:
         return (arr == 255).astype(np.int16)
     allowed = {0} | {v for vals in classes.values() for v in vals}
     if not values <= allowed:
@@ -236,6 +237,28 @@ def to_class_map(arr: np.ndarray, *, kind: str, classes: dict[str, tuple[int, ..
         raise InputDataError(source, f"{what}: values {extra} are not among the declared classes "
                              f"{dict(classes)} (values found: {sorted(values)[:12]})")
     return arr.astype(np.int16)
+
+
+def _decode(arr: np.ndarray, codes) -> np.ndarray:
+    """``arr`` with every label code replaced by its class value, as int16."""
+    out = np.zeros(arr.shape, dtype=np.int16)
+    for code, value in codes.items():
+        out[arr == code] = value
+    return out
+
+
+def encode_label(label: np.ndarray, kind: CohortKind) -> np.ndarray:
+    """A class map in the kind's own label codes (FairSeg: rim −1, cup −2) as the smallest
+    integer type that holds them; a kind without codes gets its class values as uint8."""
+    if not kind.label_codes:
+        return label.astype(np.uint8)
+    lo, hi = min(kind.label_codes), max(kind.label_codes)
+    dtype = next(t for t in (np.uint8, np.int8, np.uint16, np.int16, np.int32)
+                 if np.iinfo(t).min <= lo and hi <= np.iinfo(t).max)
+    codes = np.zeros(label.shape, dtype=dtype)
+    for code, value in kind.label_codes.items():
+        codes[label == value] = code
+    return codes
 
 
 # --------------------------------------------------------------------------- cases
@@ -266,10 +289,11 @@ def load_image(cohort: Cohort, case_id: str) -> CaseData:
     """Load a case's image (no label) with its geometry."""
     row = cohort.row(case_id)
     refs = split_channels(row["image"])
-    if cohort.kind in ("nifti", "mamamia"):
+    storage = kind_of(cohort).storage.name
+    if storage == "nifti":
         image, affine = _load_nifti_channels(refs)
         spacing = _spacing_from_affine(affine, image.ndim - 1)
-    elif cohort.kind in ("fairseg", "fairdomain"):
+    elif storage == "npz":
         image = np.stack([np.asarray(read_npz_array(r), dtype=np.float32) for r in refs])
         if image.ndim == 4 and image.shape[0] == 1 and image.shape[-1] in (3, 4):
             image = np.moveaxis(image[0], -1, 0)
@@ -288,12 +312,13 @@ def load_label_file(cohort: Cohort, ref: str, *, expect: CaseData | None = None)
 
     With ``expect``, the shape (and for NIfTI the affine) must match that case's image.
     """
-    if cohort.kind in ("nifti", "mamamia") or is_nifti(ref):
+    storage = kind_of(cohort).storage.name
+    if storage == "nifti" or is_nifti(ref):
         arr, aff = read_nifti(ref)
         if expect is not None and arr.shape == expect.spatial_shape and not np.allclose(aff, expect.affine, atol=1e-3):
             raise InputDataError(ref, "label affine differs from the image affine "
                                  f"(image spacing {expect.spacing}); they do not describe the same space")
-    elif cohort.kind in ("fairseg", "fairdomain"):
+    elif storage == "npz":
         arr = read_npz_array(ref)
     else:
         arr = read_image2d(ref)
@@ -317,21 +342,19 @@ def load_case(cohort: Cohort, case_id: str) -> CaseData:
 def prediction_path(cohort: Cohort, pred_dir: str | Path, case_id: str) -> Path:
     """Where a prediction of ``case_id`` lives: ``<dir>/<case_id>`` + the cohort's suffix.
 
+    The first existing file with one of the storage's suffixes (in their order: a ``.nii``
+    before a ``.nii.gz``, a ``.png`` before a ``.jpg``), else the one napari-fairseg writes.
+
     Raises
     ------
     InputDataError
         ``case_id`` would place the file outside ``pred_dir`` (``../x``, an absolute path).
     """
-    if cohort.kind in ("fairseg", "fairdomain"):
-        return path_inside(pred_dir, f"{case_id}.npz")
-    if cohort.kind == "image2d":
-        for suf in IMAGE2D_SUFFIXES:
-            if (path := path_inside(pred_dir, f"{case_id}{suf}")).is_file():
-                return path
-        return path_inside(pred_dir, f"{case_id}.png")
-    if (path := path_inside(pred_dir, f"{case_id}.nii")).is_file():
-        return path
-    return path_inside(pred_dir, f"{case_id}.nii.gz")
+    storage = kind_of(cohort).storage
+    for suf in storage.suffixes:
+        if (path := path_inside(pred_dir, f"{case_id}{suf}")).is_file():
+            return path
+    return path_inside(pred_dir, f"{case_id}{storage.write_suffix}")
 
 
 def label_key(cohort: Cohort, case_id: str) -> str:
@@ -344,37 +367,42 @@ def label_key(cohort: Cohort, case_id: str) -> str:
     return NPZ_LABEL_KEYS["oct" if "oct" in image_key else "slo"][0]
 
 
+def label_ref(cohort: Cohort, path: str | Path, case_id: str) -> str:
+    """The reference of a label file of ``case_id``: its path, followed by ``#<mask key>`` where
+    the cohort's storage keeps arrays under a key (FairSeg npz, :func:`label_key`)."""
+    ref = str(path)
+    return ref + KEY_SEP + label_key(cohort, case_id) if kind_of(cohort).storage.keyed else ref
+
+
 def load_prediction(cohort: Cohort, pred_dir: str | Path, case: CaseData) -> np.ndarray:
     """Load the prediction of ``case`` from ``pred_dir`` (see :func:`prediction_path`)."""
     path = prediction_path(cohort, pred_dir, case.case_id)
     if not path.is_file():
         raise InputDataError(path, f"no prediction for case {case.case_id!r}")
-    ref = str(path)
-    if cohort.kind in ("fairseg", "fairdomain"):
-        ref += KEY_SEP + label_key(cohort, case.case_id)
-    return load_label_file(cohort, ref, expect=case)
+    return load_label_file(cohort, label_ref(cohort, path, case.case_id), expect=case)
 
 
 def save_label(cohort: Cohort, path: str | Path, label: np.ndarray, *, like: CaseData) -> Path:
     """Write a class map in the cohort's format, atomically.
 
-    NIfTI gets ``like``'s affine; FairSeg npz uses the dataset's codes (rim −1, cup −2) under
-    the case's mask key; 2D images are written as 8-bit PNG.
+    NIfTI gets ``like``'s affine; npz holds the case's mask under its key; 2D images are
+    written as 8-bit PNG. Values are written in the kind's label codes (FairSeg: rim −1, cup −2;
+    :func:`encode_label`).
     """
     label = np.asarray(label)
     if tuple(label.shape) != like.spatial_shape:
         raise InputDataError(path, f"label shape {label.shape} does not match image shape {like.spatial_shape}")
     path = Path(path)
+    kind = kind_of(cohort)
+    codes = encode_label(label, kind)
     with atomic_path(path) as tmp:
-        if cohort.kind in ("nifti", "mamamia"):
-            nib.save(nib.Nifti1Image(label.astype(np.uint8), like.affine), str(tmp))
-        elif cohort.kind in ("fairseg", "fairdomain"):
-            codes = np.zeros(label.shape, dtype=np.int8)
-            codes[label == 1], codes[label == 2] = -1, -2
+        if kind.storage.name == "nifti":
+            nib.save(nib.Nifti1Image(codes, like.affine), str(tmp))
+        elif kind.storage.name == "npz":
             with open(tmp, "wb") as fh:
                 np.savez_compressed(fh, **{label_key(cohort, like.case_id): codes})
         else:
             from PIL import Image
 
-            Image.fromarray(label.astype(np.uint8)).save(tmp, format="PNG")
+            Image.fromarray(codes).save(tmp, format="PNG")
     return path

@@ -24,11 +24,13 @@ import pandas as pd
 
 from ..errors import InputDataError
 from .atomic import restore_formulas, write_csv_atomic, write_text_atomic
+from .kinds import KIND, NIFTI, kind_of
 
 RESERVED_COLUMNS = ("case_id", "image", "label", "split")
 #: Identifier columns kept in the manifest but never audited as attributes.
 ID_COLUMNS = ("pid", "patient_id")
-KINDS = ("nifti", "image2d", "fairseg", "fairdomain", "mamamia")
+#: The built-in cohort kinds (:data:`.kinds.KIND` describes each).
+KINDS = tuple(KIND)
 SPLITS = ("train", "val", "test", "pool")
 CHANNEL_SEP = ";"
 KEY_SEP = "#"
@@ -37,14 +39,10 @@ MAX_NAME_LENGTH = 128
 #: A case id: letters, digits, ``-``, ``_`` and ``.``, not starting with ``.`` or ``-``.
 CASE_ID_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*\Z")
 
-#: Class definitions by kind: class name -> label values that make up the class.
-FUNDUS_CLASSES = {"cup": (2,), "rim": (1,), "disc": (1, 2)}
-BINARY_CLASSES = {"foreground": (1,)}
-
 
 def default_classes(kind: str) -> dict[str, tuple[int, ...]]:
-    """Class definitions used when a cohort does not state its own."""
-    return dict(FUNDUS_CLASSES) if kind in ("fairseg", "fairdomain") else dict(BINARY_CLASSES)
+    """Class definitions used when a cohort does not state its own (the kind's ``default_classes``)."""
+    return dict(kind_of(kind).default_classes)
 
 
 @dataclass
@@ -57,7 +55,8 @@ class Cohort:
         One row per case: ``case_id``, ``image``, ``label``, ``split`` and attribute columns.
         Paths are absolute.
     kind : str
-        One of :data:`KINDS`; decides how files are read and how predictions are named.
+        A key of :data:`.kinds.KIND`, whose description decides how files are read and how
+        predictions are named.
     classes : dict of str to tuple of int
         Evaluated classes, each a set of label values (fundus: cup, rim, disc = rim ∪ cup).
     name : str
@@ -74,8 +73,7 @@ class Cohort:
     source: Path | None = None
 
     def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ValueError(f"unknown cohort kind {self.kind!r}; expected one of {KINDS}")
+        kind_of(self.kind)  # raises ValueError for an unknown kind
         self.classes = {str(k): tuple(int(v) for v in vals)
                         for k, vals in (self.classes or default_classes(self.kind)).items()}
         self.cases = validate_cases(self.cases, source=self.source)
@@ -268,7 +266,7 @@ def infer_kind(cases: pd.DataFrame) -> str:
     if ".npz" in first:
         key = first.split(KEY_SEP, 1)[1] if KEY_SEP in first else ""
         return "fairdomain" if "oct" in key else "fairseg"
-    if first.endswith((".nii", ".nii.gz")):
+    if first.endswith(NIFTI.suffixes):
         return "nifti"
     return "image2d"
 

@@ -33,6 +33,7 @@ from .arrays import (
     strip_suffix,
 )
 from .atomic import is_output
+from .kinds import kind_of
 from .layers import LABEL_TAGS
 from .manifest import Cohort, join_metadata, read_manifest, read_table
 
@@ -97,7 +98,8 @@ def open_cohort(path: str | Path, *, metadata: str | Path | None = None, kind: s
         A metadata table (CSV / XLSX) joined by case id, ignoring case. Folders are also
         searched for ``metadata.csv`` / ``metadata.xlsx``.
     kind : str, optional
-        Force a reader instead of detecting one.
+        Force a kind (a key of :data:`.kinds.KIND`, or ``manifest``) instead of detecting one;
+        the kind's ``reader`` opens the folder.
     classes : dict, optional
         Class definitions (name → label values) overriding the kind's defaults.
     modality : {"slo", "oct"}
@@ -120,18 +122,17 @@ def open_cohort(path: str | Path, *, metadata: str | Path | None = None, kind: s
             cases, notes = ((cohort.cases, []) if metadata is None else
                             join_metadata(cohort.cases, read_table(metadata), source=metadata))
             cohort = Cohort(cases, cohort.kind, classes or cohort.classes, cohort.name, cohort.notes + notes, path)
-    elif kind in ("nifti", "image2d"):
+    elif (spec := kind_of(kind)).reader == "folder":
         cohort = _read_generic(path, kind, metadata, classes)
-    elif kind == "fairseg":
-        cohort = _read_fairseg(path, "slo", classes, fairdomain=False)
-    elif kind == "fairdomain":
-        if modality not in NPZ_IMAGE_KEYS:
-            raise ValueError(f"modality must be one of {tuple(NPZ_IMAGE_KEYS)}, got {modality!r}")
-        cohort = _read_fairseg(path, modality, classes, fairdomain=True)
-    elif kind == "mamamia":
-        cohort = _read_mamamia(path, phases, metadata, classes)
+    elif spec.reader == "npz":
+        modalities = spec.modalities
+        if len(modalities) == 1:  # FairSeg holds SLO images only, whatever was asked
+            modality = modalities[0]
+        elif modality not in modalities:
+            raise ValueError(f"modality must be one of {modalities}, got {modality!r}")
+        cohort = _read_fairseg(path, modality, classes, kind=kind)
     else:
-        raise ValueError(f"unknown cohort kind {kind!r}")
+        cohort = _read_mamamia(path, phases, metadata, classes, kind=kind)
     if strict:
         unmatched = [n for n in cohort.notes if "no metadata" in n or "no image" in n]
         if unmatched:
@@ -156,7 +157,7 @@ def _find_metadata(folder: Path) -> Path | None:
 
 
 def _read_generic(folder: Path, kind: str, metadata, classes) -> Cohort:
-    suffixes = NIFTI_SUFFIXES if kind == "nifti" else IMAGE2D_SUFFIXES
+    suffixes = kind_of(kind).storage.suffixes
 
     def scan(d: Path) -> dict[str, Path]:
         out: dict[str, Path] = {}
@@ -227,7 +228,7 @@ def _scalar(data, key: str, source):
     return np.asarray(data[key]).item()
 
 
-def _read_fairseg(folder: Path, modality: str, classes, *, fairdomain: bool) -> Cohort:
+def _read_fairseg(folder: Path, modality: str, classes, *, kind: str) -> Cohort:
     files = sorted(input_files(folder, "*.npz"), key=lambda p: (p.name, str(p)))
     if not files:
         raise InputDataError(folder, "no .npz files found")
@@ -281,12 +282,11 @@ def _read_fairseg(folder: Path, modality: str, classes, *, fairdomain: bool) -> 
         years, unit = attr.age_in_years(ages.to_numpy())
         cases["age"] = np.round(years, 2)
         notes.append(f"age stored in {unit}" + (", converted to years" if unit == "days" else ""))
-    kind = "fairdomain" if fairdomain else "fairseg"
     return Cohort(cases, kind, classes or {}, folder.name, notes, folder)
 
 
 # --------------------------------------------------------------------------- MAMA-MIA
-def _read_mamamia(root: Path, phases, metadata, classes) -> Cohort:
+def _read_mamamia(root: Path, phases, metadata, classes, *, kind: str) -> Cohort:
     img_root, seg_root = root / "images", root / "segmentations" / "expert"
     rows, problems = [], []
     for d in sorted(p for p in img_root.iterdir() if p.is_dir()):
@@ -328,4 +328,4 @@ def _read_mamamia(root: Path, phases, metadata, classes) -> Cohort:
                      "age binned into age_group with the official bins")
     else:
         notes.append(f"no clinical table found at {meta_path}: attributes unknown")
-    return Cohort(cases, "mamamia", classes or {}, root.name, notes, root)
+    return Cohort(cases, kind, classes or {}, root.name, notes, root)

@@ -37,10 +37,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..data.arrays import load_image
+from ..data.kinds import kind_of
 from ..data.manifest import Cohort
 
-#: Cohort kinds whose spacing is physical (mm); other kinds' images are compared in pixels.
-PHYSICAL_KINDS = ("nifti", "mamamia")
 #: Version of the ``training_geometry`` record.
 RECORD_VERSION = 1
 #: Allowed factor outside the training spacing range.
@@ -144,8 +143,8 @@ def training_geometry(summaries: Sequence[dict], *, spacing_unit: str = "mm") ->
 
 
 def spacing_unit(cohort: Cohort) -> str:
-    """``mm`` for cohorts with physical spacing (NIfTI), ``pixel`` for 2D image cohorts."""
-    return "mm" if cohort.kind in PHYSICAL_KINDS else "pixel"
+    """``mm`` for cohorts with physical spacing (their kind's ``physical``: NIfTI), ``pixel`` otherwise."""
+    return "mm" if kind_of(cohort).physical else "pixel"
 
 
 def cohort_geometry(cohort: Cohort, case_ids: Sequence[str]) -> dict:

@@ -28,6 +28,7 @@ from torch import nn
 
 from ..data.arrays import CaseData, load_image, prediction_path, save_label
 from ..data.atomic import atomic_path, mark_output, path_inside, write_csv_atomic
+from ..data.kinds import kind_of
 from ..data.manifest import Cohort, refuse_overwriting_inputs
 from ..errors import InputDataError
 from ..models.checkpoint import Checkpoint, check_compatible, load_checkpoint
@@ -586,10 +587,7 @@ def map_path(cohort: Cohort, out_dir: str | Path, case_id: str, name: str | None
 
     Raises :class:`~napari_fairseg.errors.InputDataError` if ``case_id`` would leave ``maps/``.
     """
-    maps = Path(out_dir) / "maps"
-    if cohort.kind in ("nifti", "mamamia"):
-        return path_inside(maps, f"{case_id}_{name}.nii.gz")
-    return path_inside(maps, f"{case_id}.npz")
+    return path_inside(Path(out_dir) / "maps", kind_of(cohort).map_name(case_id, name))
 
 
 def write_case_outputs(cohort: Cohort, out_dir: str | Path, case: CaseData, pred: CasePrediction, *,
@@ -606,7 +604,7 @@ def write_case_outputs(cohort: Cohort, out_dir: str | Path, case: CaseData, pred
         if name == "probability":
             arr = arr[0] if arr.shape[0] == 1 else arr
         arrays[name] = arr.astype(np.uint8) if name == "roi" else arr.astype(np.float32)
-    if cohort.kind in ("nifti", "mamamia"):
+    if kind_of(cohort).nifti_maps:
         for name, arr in arrays.items():
             data = np.moveaxis(arr, 0, -1) if arr.ndim == 4 else arr  # (K, *S) → (*S, K)
             with atomic_path(map_path(cohort, out, case.case_id, name), root=out) as tmp:
