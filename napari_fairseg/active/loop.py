@@ -36,6 +36,7 @@ from ..inference.predict import InferenceConfig, Predictor, predict_pool_job
 from ..metrics.groups import equity_summary
 from ..models.checkpoint import Checkpoint, check_compatible, load_checkpoint
 from ..models.zoo import resolve_checkpoint
+from ..options import ROUND
 from ..progress import Job, Progress
 from ..training import (
     CaseCache,
@@ -89,28 +90,28 @@ class RoundConfig:
         Where and how the network runs.
     """
 
-    strategy: str = "wle"
-    batch: int = 4
-    epochs: int = 20
-    first_epochs: int = 60
-    lr: float = 3e-3
-    train_batch: int = 2
-    loss: str = "dicece"
-    network: str = "light_unet"
-    dropout: float = 0.1
-    warm_start: bool = True
-    pool_split: str = "train"
-    eval_split: str = "test"
+    strategy: str = ROUND["strategy"]
+    batch: int = ROUND["batch"]
+    epochs: int = ROUND["epochs"]
+    first_epochs: int = ROUND["first_epochs"]
+    lr: float = ROUND["lr"]
+    train_batch: int = ROUND["train_batch"]
+    loss: str = ROUND["loss"]
+    network: str = ROUND["network"]
+    dropout: float = ROUND["dropout"]
+    warm_start: bool = ROUND["warm_start"]
+    pool_split: str = ROUND["pool_split"]
+    eval_split: str = ROUND["eval_split"]
     group_attribute: str | None = None
-    roi_radius: int = 3
-    mc_passes: int = 8
-    encoder: str = "encoder"
-    n_candidates: int = 200
-    lam: float = 0.5
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True
-    inference_batch: int = 4
+    roi_radius: int = ROUND["roi_radius"]
+    mc_passes: int = ROUND["mc_passes"]
+    encoder: str = ROUND["encoder"]
+    n_candidates: int = ROUND["n_candidates"]
+    lam: float = ROUND["lam"]
+    seed: int = ROUND["seed"]
+    device: str = ROUND["device"]
+    amp: bool = ROUND["amp"]
+    inference_batch: int = ROUND["inference_batch"]
 
     def __post_init__(self):
         make_strategy(self.strategy)  # validates the name

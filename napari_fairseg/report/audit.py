@@ -25,9 +25,9 @@ from ..metrics.distance import hausdorff95, norm_hd
 from ..metrics.groups import equity_summary, group_table, mamamia_scores, variance_fairness
 from ..metrics.overlap import overlap_metrics
 from ..metrics.subgroups import discover_subgroups, intersection_table
+from ..options import AUDIT, HD_MODES
 from ..progress import Job, Progress
 
-HD_MODES = ("mm", "voxel", "none")
 #: Columns of ``groups.csv`` (also when the cohort has no attributes and the table is empty).
 GROUP_COLUMNS = ("attribute", "metric", "group", "known", "n", "n_nan", "mean", "std", "ci_low", "ci_high", "small")
 
@@ -64,16 +64,16 @@ class AuditConfig:
 
     attributes: tuple[str, ...] = ()
     split: str | None = None
-    hd_mode: str = "mm"
-    empty_score: float = 1.0
-    min_support: float = 0.05
-    max_length: int = 3
-    min_group_size: int = 10
-    n_boot: int = 1000
-    std_ddof: int = 1
+    hd_mode: str = AUDIT["hd_mode"]
+    empty_score: float = AUDIT["empty_score"]
+    min_support: float = AUDIT["min_support"]
+    max_length: int = AUDIT["max_length"]
+    min_group_size: int = AUDIT["min_group_size"]
+    n_boot: int = AUDIT["n_boot"]
+    std_ddof: int = AUDIT["std_ddof"]
     mamamia: bool | None = None
-    seed: int = 0
-    heatmap_attributes: int = 3
+    seed: int = AUDIT["seed"]
+    heatmap_attributes: int = AUDIT["heatmap_attributes"]
 
     def __post_init__(self):
         if self.hd_mode not in HD_MODES:
