@@ -152,6 +152,7 @@ def _metrics_stage(cohort: Cohort, predictions: str | Path, case_ids: list[str],
 
 
 def _case_metrics(cohort: Cohort, predictions: str | Path, case_id: str, config: AuditConfig) -> dict:
+    """One row of ``per_case.csv`` (without the split and the attributes)."""
     case = load_case(cohort, case_id)
     pred = load_prediction(cohort, predictions, case)
     m = overlap_metrics(pred[None], case.label[None], cohort.classes, empty_score=config.empty_score)
