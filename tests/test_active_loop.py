@@ -53,8 +53,15 @@ def test_round_trains_evaluates_suggests_and_records(tmp_path, al_cohort):
     first = _train_ids(al_cohort, "major", 3) + _train_ids(al_cohort, "minor", 1)
     _oracle(project, al_cohort, first)
     cfg = RoundConfig(strategy="wle", **FAST)
-    r1 = run_job(round_job(project, cfg))
+    seen = []
+    r1 = run_job(round_job(project, cfg), on_progress=seen.append)
     m = r1.metrics
+    # its stages in order: train, then evaluate (held-out + labelled cases), score the pool, suggest
+    stages = [p.stage for p in seen]
+    first_eval = stages.index("evaluate")
+    assert first_eval > 0 and "evaluate" not in stages[first_eval + 2:]
+    assert [(p.done, p.total) for p in seen[first_eval:first_eval + 2]] == [(0, 12), (12, 12)]
+    assert "predict" in stages[first_eval + 2:] and (seen[-1].stage, seen[-1].done, seen[-1].total) == ("suggest", 2, 2)
     assert m["trained"] and m["n_labelled"] == 4 and m["n_pool"] == 12 and m["n_eval"] == 8
     assert m["n_labelled[major]"] == 3 and m["ratio[minor]"] == pytest.approx(0.25)
     # the held-out summary is the hand formula over the per-case table

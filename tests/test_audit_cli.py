@@ -112,6 +112,23 @@ def test_group_table_csv_against_pandas_and_a_scipy_bootstrap(fundus_audit):
                 assert abs(r["ci_low"] - ci.low) < tol and abs(r["ci_high"] - ci.high) < tol, (attr, metric, name)
 
 
+def test_audit_job_reports_each_stage_in_order(fundus_audit):
+    from napari_fairseg.report.audit import AuditConfig, audit_job
+
+    cohort, tmp = fundus_audit
+    seen = []
+    config = AuditConfig(attributes=("race", "gender"), split="test", hd_mode="none", n_boot=10)
+    audit = run_job(audit_job(cohort, tmp / "pred", config), on_progress=seen.append)
+    n = int((cohort.cases["split"] == "test").sum())
+    dice = [m for m in audit.metrics if m.startswith("dice_")]
+    assert [(p.stage, p.done, p.total, p.message) for p in seen] == (
+        [("metrics", i + 1, n, cid) for i, cid in enumerate(audit.per_case["case_id"])]
+        + [("groups", 1, 2, "race"), ("groups", 2, 2, "gender")]
+        + [("subgroups", k + 1, len(dice), mc) for k, mc in enumerate(dice)]
+        + [("done", 1, 1, "audit complete")])
+    assert len(dice) == len(cohort.classes) and n > 0
+
+
 def test_audit_errors_name_the_missing_prediction(fundus_audit, tmp_path, capsys):
     _, tmp = fundus_audit
     shutil.copytree(tmp / "pred", tmp_path / "pred")

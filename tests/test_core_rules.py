@@ -85,17 +85,6 @@ def test_atomic_writes_get_normal_file_permissions(tmp_path):
         os.umask(old)
 
 
-def test_cli_choices_follow_the_core_registries():
-    from napari_fairseg import cli
-    from napari_fairseg.active import STRATEGIES
-    from napari_fairseg.cli import active
-    from napari_fairseg.models import NETWORKS
-    from napari_fairseg.training import OBJECTIVES
-
-    assert cli.NETWORK_CHOICES == NETWORKS and cli.OBJECTIVE_CHOICES == OBJECTIVES
-    assert active.STRATEGY_CHOICES == STRATEGIES
-
-
 def test_progress_bar_into_a_file_writes_a_readable_log():
     import io
 

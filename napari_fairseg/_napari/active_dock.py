@@ -39,11 +39,12 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
-from ..active import STRATEGIES, Project, RoundConfig, round_job
+from ..active import Project, RoundConfig, round_job
 from ..data.arrays import load_image
 from ..data.layers import case_tag, cohort_of, image_layer, labels_layer
 from ..errors import InputDataError, user_message
 from ..inference import InferenceConfig, predict_cases_job
+from ..options import ROUND, STRATEGIES
 from .viewer_layers import FILE_ERRORS, current_case, focus_on, show_layers
 from .workers import JobDock
 
@@ -81,14 +82,14 @@ class ActiveLearningDock(JobDock):
         self.create_button = QPushButton("New project")
         self.create_button.setToolTip("Create a labelling project on the cohort and open it")
         self.strategy_combo = QComboBox()
-        self.strategy_combo.addItems(list(STRATEGIES))
-        self.strategy_combo.setCurrentText("wle")
+        self.strategy_combo.addItems(STRATEGIES)
+        self.strategy_combo.setCurrentText(ROUND["strategy"])
         self.batch = QSpinBox()
         self.batch.setRange(1, 100)
-        self.batch.setValue(4)
+        self.batch.setValue(ROUND["batch"])
         self.epochs = QSpinBox()
         self.epochs.setRange(1, 1000)
-        self.epochs.setValue(20)
+        self.epochs.setValue(ROUND["epochs"])
         self.epochs.setToolTip("fine-tuning epochs per round (3× this when training from scratch)")
         self.author_edit = QLineEdit(getpass.getuser())
         self.start_model = QLineEdit()

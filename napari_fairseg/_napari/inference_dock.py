@@ -33,6 +33,7 @@ from ..errors import user_message
 from ..inference import InferenceConfig, predict_cases_job
 from ..inference.uncertainty import max_entropy
 from ..models.zoo import BUNDLED, bundled_models
+from ..options import DEVICES, INFERENCE, ROUND, TRAIN, UNCERTAINTY
 from ..training import TrainConfig, model_config_for, train_job
 from .viewer_layers import FILE_ERRORS, current_case, show_layers
 from .workers import JobDock
@@ -77,17 +78,19 @@ class InferenceDock(JobDock):
         self.model_path.setPlaceholderText("path to a .pt checkpoint")
         self.model_path.setEnabled(False)
         self.device_combo = QComboBox()
-        self.device_combo.addItems(["auto", "cpu", "cuda", "mps"])
+        self.device_combo.addItems(DEVICES)
+        self.device_combo.setCurrentText(INFERENCE["device"])
         self.uncertainty_combo = QComboBox()
-        self.uncertainty_combo.addItems(["entropy", "mc", "tta", "none"])
+        self.uncertainty_combo.addItems(UNCERTAINTY)
+        self.uncertainty_combo.setCurrentText(INFERENCE["uncertainty"])
         self.passes = QSpinBox()
         self.passes.setRange(2, 64)
-        self.passes.setValue(8)
+        self.passes.setValue(INFERENCE["passes"])
         self.out_dir = QLineEdit()
         self.out_dir.setPlaceholderText("default: <cohort folder>/predictions")
         self.train_epochs = QSpinBox()
         self.train_epochs.setRange(1, 2000)
-        self.train_epochs.setValue(40)
+        self.train_epochs.setValue(TRAIN["epochs"])
         self.train_button = QPushButton("Train a model on the cohort")
         self.run_case_button = QPushButton("Run on this case")
         self.run_cohort_button = QPushButton("Run on the cohort")
@@ -189,8 +192,10 @@ class InferenceDock(JobDock):
             return
         try:
             cohort = cohort_of(found[0])
-            config = TrainConfig(epochs=self.train_epochs.value(), lr=3e-3, device=self.device_combo.currentText())
-            model_config = model_config_for(cohort, dropout=0.1)
+            # a short run on a CPU, as an active-learning round trains: its learning rate, and
+            # dropout so that MC-dropout uncertainty works with the model
+            config = TrainConfig(epochs=self.train_epochs.value(), lr=ROUND["lr"], device=self.device_combo.currentText())
+            model_config = model_config_for(cohort, dropout=ROUND["dropout"])
         except FILE_ERRORS as exc:
             show_error(f"Cannot train: {user_message(exc)}")
             return

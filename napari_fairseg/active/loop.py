@@ -36,6 +36,7 @@ from ..inference.predict import InferenceConfig, Predictor, predict_pool_job
 from ..metrics.groups import equity_summary
 from ..models.checkpoint import Checkpoint, check_compatible, load_checkpoint
 from ..models.zoo import resolve_checkpoint
+from ..options import ROUND
 from ..progress import Job, Progress
 from ..training import (
     CaseCache,
@@ -89,28 +90,28 @@ class RoundConfig:
         Where and how the network runs.
     """
 
-    strategy: str = "wle"
-    batch: int = 4
-    epochs: int = 20
-    first_epochs: int = 60
-    lr: float = 3e-3
-    train_batch: int = 2
-    loss: str = "dicece"
-    network: str = "light_unet"
-    dropout: float = 0.1
-    warm_start: bool = True
-    pool_split: str = "train"
-    eval_split: str = "test"
+    strategy: str = ROUND["strategy"]
+    batch: int = ROUND["batch"]
+    epochs: int = ROUND["epochs"]
+    first_epochs: int = ROUND["first_epochs"]
+    lr: float = ROUND["lr"]
+    train_batch: int = ROUND["train_batch"]
+    loss: str = ROUND["loss"]
+    network: str = ROUND["network"]
+    dropout: float = ROUND["dropout"]
+    warm_start: bool = ROUND["warm_start"]
+    pool_split: str = ROUND["pool_split"]
+    eval_split: str = ROUND["eval_split"]
     group_attribute: str | None = None
-    roi_radius: int = 3
-    mc_passes: int = 8
-    encoder: str = "encoder"
-    n_candidates: int = 200
-    lam: float = 0.5
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True
-    inference_batch: int = 4
+    roi_radius: int = ROUND["roi_radius"]
+    mc_passes: int = ROUND["mc_passes"]
+    encoder: str = ROUND["encoder"]
+    n_candidates: int = ROUND["n_candidates"]
+    lam: float = ROUND["lam"]
+    seed: int = ROUND["seed"]
+    device: str = ROUND["device"]
+    amp: bool = ROUND["amp"]
+    inference_batch: int = ROUND["inference_batch"]
 
     def __post_init__(self):
         make_strategy(self.strategy)  # validates the name
@@ -232,11 +233,58 @@ def round_job(project: Project, config: RoundConfig = RoundConfig(), *, train: b
         raise
 
 
+@dataclass(frozen=True)
+class _RoundSets:
+    """Who is who in a round: the working cohort, its group attribute and the cases of each role
+    (``pool_cases``: the whole pool split; ``labelled`` and ``pool_ids`` its annotated and
+    unannotated cases; ``eval_ids`` the held-out cases with a label; ``key`` the labelled set's
+    :func:`labelled_key`)."""
+
+    cohort: Cohort
+    attribute: str | None
+    pool_cases: list[str]
+    labelled: list[str]
+    pool_ids: list[str]
+    eval_ids: list[str]
+    key: str
+
+
 def _round(project: Project, config: RoundConfig, rid: int, started: str, claimed: list[Path], *,
            train: bool | None, suggest: bool, model: Checkpoint | str | Path | None) -> Job[RoundResult]:
-    """The body of :func:`round_job` for the reserved round ``rid`` (model files it creates are
-    appended to ``claimed``)."""
+    """The body of :func:`round_job` for the reserved round ``rid``, one stage after the other
+    (model files it creates are appended to ``claimed``)."""
     t0 = time.perf_counter()
+    sets = _round_sets(project, config)
+    device = choose_device(config.device)
+
+    t_train = time.perf_counter()
+    ckpt, ckpt_path, trained = yield from _model_stage(project, config, sets, rid, claimed, train=train,
+                                                       model=model)
+    train_s = time.perf_counter() - t_train
+    model_nn = ckpt.build(device)
+
+    t_eval = time.perf_counter()
+    evaluation, labelled_dice = yield from _evaluate_stage(sets, model_nn, ckpt, config, device)
+    eval_s = time.perf_counter() - t_eval
+    metrics = _round_metrics(sets, evaluation, labelled_dice, trained=trained, seed=config.seed)
+
+    t_score = time.perf_counter()
+    pool, suggestions = yield from _suggest_stage(sets, model_nn, ckpt, config, device, labelled_dice,
+                                                  seed=config.seed * 1000 + rid, suggest=suggest)
+    if config.strategy == "wle" and "group_weight" in pool and len(pool):
+        for g, w in pool.groupby("group")["group_weight"].first().items():
+            metrics[f"weight[{g}]"] = float(w)
+    metrics.update(train_seconds=round(train_s, 3), eval_seconds=round(eval_s, 3),
+                   score_seconds=round(time.perf_counter() - t_score, 3),
+                   seconds=round(time.perf_counter() - t0, 3))
+    project.record_round(started=started, strategy=config.strategy if suggest else None,
+                         batch=config.batch if suggest else None, checkpoint=ckpt_path, metrics=metrics,
+                         suggestions=suggestions, round_id=rid)
+    return RoundResult(rid, metrics, suggestions, pool, evaluation, ckpt_path, labelled_dice)
+
+
+def _round_sets(project: Project, config: RoundConfig) -> _RoundSets:
+    """The labelled set, the pool and the held-out cases of a round on ``project``."""
     # latest annotations (checksummed once); cases without one keep the cohort's own label, which
     # only the held-out split reads: training and WLE take the labelled ids from the project
     cohort = project.working_cohort(cohort_labels=True)
@@ -253,96 +301,102 @@ def _round(project: Project, config: RoundConfig, rid: int, started: str, claime
     latest = latest[latest["case_id"].isin(pool_cases)]
     labelled = latest["case_id"].tolist()
     done = set(labelled)
-    pool_ids = [c for c in pool_cases if c not in done]
-    key = labelled_key(latest)
-    previous = project.rounds()
-    prev_ckpt = project.checkpoint_path()
-    device = choose_device(config.device)
-
-    # ---- the round's model: reuse, warm-start or train from scratch
-    start = load_checkpoint(resolve_checkpoint(model)) if isinstance(model, str | Path) else model
-    if start is not None:
-        check_compatible(start, cohort)
-    same_set = (not previous.empty and previous["labelled_key"].iloc[-1] == key and prev_ckpt is not None
-                and prev_ckpt.is_file())
-    must_train = train if train is not None else not same_set and start is None
-    if must_train and not labelled:
-        raise InputDataError(project.root, f"no labelled case in split {config.pool_split!r} to train on; label "
-                             "some first, or start from a model (the dock's Start model; --model in the CLI)")
-    t_train = time.perf_counter()
-    if must_train:
-        ckpt_path = project.claim_round_model(rid)  # created exclusively: never another round's file
-        claimed.append(ckpt_path)
-        init = start
-        if init is None and config.warm_start and prev_ckpt is not None and prev_ckpt.is_file():
-            init = load_checkpoint(prev_ckpt)
-        yield from fit_job(cohort, labelled, config, out=ckpt_path, init=init, round_id=rid, attribute=attribute)
-        ckpt = load_checkpoint(ckpt_path)
-    else:
-        if start is not None:
-            ckpt, ckpt_path = start, start.path
-        elif prev_ckpt is not None and prev_ckpt.is_file():
-            ckpt, ckpt_path = load_checkpoint(prev_ckpt), prev_ckpt
-        else:
-            raise InputDataError(project.root, "no model for this round: train one (label some cases first) "
-                                 "or give a starting model (the dock's Start model; --model in the CLI)")
-    train_s = time.perf_counter() - t_train
-    model_nn = ckpt.build(device)
-
-    # ---- held-out and labelled-set Dice
-    t_eval = time.perf_counter()
-    predictor = Predictor(model_nn, ckpt.config, InferenceConfig(device=str(device), amp=config.amp,
-                                                                 uncertainty="none", maps=False))
     eval_ids = [c for c in split.index[split == config.eval_split]
                 if isinstance(cohort.row(c)["label"], str) and cohort.row(c)["label"]]
-    yield Progress("evaluate", 0, len(eval_ids) + len(labelled), f"{len(eval_ids)} held-out cases")
-    evaluation = _per_case_dice(predictor, cohort, eval_ids, attribute)
-    labelled_dice = _per_case_dice(predictor, cohort, labelled, attribute)
-    yield Progress("evaluate", len(eval_ids) + len(labelled), len(eval_ids) + len(labelled), "done")
-    eval_s = time.perf_counter() - t_eval
+    return _RoundSets(cohort, attribute, pool_cases, labelled, [c for c in pool_cases if c not in done], eval_ids,
+                      labelled_key(latest))
 
-    metrics: dict = {"labelled_key": key, "n_labelled": len(labelled), "n_pool": len(pool_ids),
-                     "n_eval": len(eval_ids), "group_attribute": attribute, "trained": bool(must_train),
-                     "seed": config.seed}
-    lab_groups = case_groups(cohort, attribute, labelled)
-    all_groups = sorted(set(case_groups(cohort, attribute, pool_cases)))
-    for g in all_groups:
+
+def _model_stage(project: Project, config: RoundConfig, sets: _RoundSets, rid: int, claimed: list[Path], *,
+                 train: bool | None, model: Checkpoint | str | Path | None) -> Job[tuple[Checkpoint, Path, bool]]:
+    """The round's model: the given one or the latest round's, reused as is when the labelled set
+    has not changed (or ``train=False``), else fine-tuned (warm start) or trained from scratch.
+
+    Returns the checkpoint, its file and whether this round trained it.
+    """
+    previous = project.rounds()
+    prev_ckpt = project.checkpoint_path()
+    start = load_checkpoint(resolve_checkpoint(model)) if isinstance(model, str | Path) else model
+    if start is not None:
+        check_compatible(start, sets.cohort)
+    same_set = (not previous.empty and previous["labelled_key"].iloc[-1] == sets.key and prev_ckpt is not None
+                and prev_ckpt.is_file())
+    must_train = train if train is not None else not same_set and start is None
+    if must_train and not sets.labelled:
+        raise InputDataError(project.root, f"no labelled case in split {config.pool_split!r} to train on; label "
+                             "some first, or start from a model (the dock's Start model; --model in the CLI)")
+    if not must_train:
+        if start is not None:
+            return start, start.path, False
+        if prev_ckpt is not None and prev_ckpt.is_file():
+            return load_checkpoint(prev_ckpt), prev_ckpt, False
+        raise InputDataError(project.root, "no model for this round: train one (label some cases first) "
+                             "or give a starting model (the dock's Start model; --model in the CLI)")
+    ckpt_path = project.claim_round_model(rid)  # created exclusively: never another round's file
+    claimed.append(ckpt_path)
+    init = start
+    if init is None and config.warm_start and prev_ckpt is not None and prev_ckpt.is_file():
+        init = load_checkpoint(prev_ckpt)
+    yield from fit_job(sets.cohort, sets.labelled, config, out=ckpt_path, init=init, round_id=rid,
+                       attribute=sets.attribute)
+    return load_checkpoint(ckpt_path), ckpt_path, True
+
+
+def _evaluate_stage(sets: _RoundSets, model_nn, ckpt: Checkpoint, config: RoundConfig,
+                    device) -> Job[tuple[pd.DataFrame, pd.DataFrame]]:
+    """Per-case Dice (with the group) of the held-out cases and of the labelled set (whose
+    per-group Dice gives WLE its weights)."""
+    predictor = Predictor(model_nn, ckpt.config, InferenceConfig(device=str(device), amp=config.amp,
+                                                                 uncertainty="none", maps=False))
+    n = len(sets.eval_ids) + len(sets.labelled)
+    yield Progress("evaluate", 0, n, f"{len(sets.eval_ids)} held-out cases")
+    evaluation = _per_case_dice(predictor, sets.cohort, sets.eval_ids, sets.attribute)
+    labelled_dice = _per_case_dice(predictor, sets.cohort, sets.labelled, sets.attribute)
+    yield Progress("evaluate", n, n, "done")
+    return evaluation, labelled_dice
+
+
+def _round_metrics(sets: _RoundSets, evaluation: pd.DataFrame, labelled_dice: pd.DataFrame, *, trained: bool,
+                   seed: int) -> dict:
+    """The round's flat metrics (see :class:`RoundResult`) but for the WLE weights and the seconds."""
+    metrics: dict = {"labelled_key": sets.key, "n_labelled": len(sets.labelled), "n_pool": len(sets.pool_ids),
+                     "n_eval": len(sets.eval_ids), "group_attribute": sets.attribute, "trained": trained,
+                     "seed": seed}
+    lab_groups = case_groups(sets.cohort, sets.attribute, sets.labelled)
+    for g in sorted(set(case_groups(sets.cohort, sets.attribute, sets.pool_cases))):
         n = int((lab_groups == g).sum())
         metrics[f"n_labelled[{g}]"] = n
-        metrics[f"ratio[{g}]"] = n / len(labelled) if labelled else np.nan
+        metrics[f"ratio[{g}]"] = n / len(sets.labelled) if sets.labelled else np.nan
     metrics.update(_summary(evaluation))
     metrics.update({f"labelled_{k}": v for k, v in _summary(labelled_dice).items() if k.startswith("dice[")})
+    return metrics
 
-    # ---- score the pool and suggest
-    strategy = make_strategy(config.strategy, seed=config.seed * 1000 + rid, n_candidates=config.n_candidates,
-                             lam=config.lam)
-    pool = pd.DataFrame({"case_id": pool_ids, "group": case_groups(cohort, attribute, pool_ids).to_numpy()})
+
+def _suggest_stage(sets: _RoundSets, model_nn, ckpt: Checkpoint, config: RoundConfig, device,
+                   labelled_dice: pd.DataFrame, *, seed: int, suggest: bool) -> Job[tuple[pd.DataFrame, pd.DataFrame]]:
+    """Score the pool as the strategy needs (uncertainty maps, MC dropout, embeddings) and pick
+    the batch. Returns the pool with its scores and the ranked suggestions (both without
+    scores when ``suggest`` is false or the pool is empty)."""
+    strategy = make_strategy(config.strategy, seed=seed, n_candidates=config.n_candidates, lam=config.lam)
+    pool = pd.DataFrame({"case_id": sets.pool_ids,
+                         "group": case_groups(sets.cohort, sets.attribute, sets.pool_ids).to_numpy()})
     suggestions = pd.DataFrame(columns=["case_id", "score", "group", "group_weight"])
-    t_score = time.perf_counter()
-    if suggest and pool_ids:
-        if strategy.scoring is not None:
-            settings = InferenceConfig(device=str(device), amp=config.amp, batch_size=config.inference_batch,
-                                       uncertainty="mc" if strategy.scoring == "mc" else "entropy",
-                                       passes=config.mc_passes, roi_radius=config.roi_radius,
-                                       maps=strategy.scoring in ("maps", "mc"), seed=config.seed)
-            scored = yield from predict_pool_job(cohort, Predictor(model_nn, ckpt.config, settings), pool_ids)
-            pool = pool.merge(scored.scores, on="case_id", how="left")
-        embeddings = {}
-        if strategy.needs_embeddings:
-            embeddings = yield from embeddings_job(cohort, labelled + pool_ids, model=model_nn, config=ckpt.config,
-                                                   encoder=config.encoder, device=device)
-        context = Context(labelled_dice=labelled_dice, embeddings=embeddings, labelled=labelled)
-        pool = strategy.score(pool, context)
-        chosen = strategy.select(pool, config.batch, context)
-        suggestions = pool.set_index("case_id").loc[chosen, ["score", "group", "group_weight"]].reset_index()
-        yield Progress("suggest", len(chosen), config.batch, ", ".join(chosen))
-    if strategy.name == "wle" and "group_weight" in pool and len(pool):
-        for g, w in pool.groupby("group")["group_weight"].first().items():
-            metrics[f"weight[{g}]"] = float(w)
-    metrics.update(train_seconds=round(train_s, 3), eval_seconds=round(eval_s, 3),
-                   score_seconds=round(time.perf_counter() - t_score, 3),
-                   seconds=round(time.perf_counter() - t0, 3))
-    project.record_round(started=started, strategy=config.strategy if suggest else None,
-                         batch=config.batch if suggest else None, checkpoint=ckpt_path, metrics=metrics,
-                         suggestions=suggestions, round_id=rid)
-    return RoundResult(rid, metrics, suggestions, pool, evaluation, ckpt_path, labelled_dice)
+    if not (suggest and sets.pool_ids):
+        return pool, suggestions
+    if strategy.scoring is not None:
+        settings = InferenceConfig(device=str(device), amp=config.amp, batch_size=config.inference_batch,
+                                   uncertainty="mc" if strategy.scoring == "mc" else "entropy",
+                                   passes=config.mc_passes, roi_radius=config.roi_radius,
+                                   maps=strategy.scoring in ("maps", "mc"), seed=config.seed)
+        scored = yield from predict_pool_job(sets.cohort, Predictor(model_nn, ckpt.config, settings), sets.pool_ids)
+        pool = pool.merge(scored.scores, on="case_id", how="left")
+    embeddings = {}
+    if strategy.needs_embeddings:
+        embeddings = yield from embeddings_job(sets.cohort, sets.labelled + sets.pool_ids, model=model_nn,
+                                               config=ckpt.config, encoder=config.encoder, device=device)
+    context = Context(labelled_dice=labelled_dice, embeddings=embeddings, labelled=sets.labelled)
+    pool = strategy.score(pool, context)
+    chosen = strategy.select(pool, config.batch, context)
+    suggestions = pool.set_index("case_id").loc[chosen, ["score", "group", "group_weight"]].reset_index()
+    yield Progress("suggest", len(chosen), config.batch, ", ".join(chosen))
+    return pool, suggestions

@@ -38,9 +38,9 @@ from ..data.atomic import FILE_MODE, OUTPUT_MARKER, check_inside, mark_output, w
 from ..data.manifest import Cohort, refuse_overwriting_inputs, write_manifest
 from ..data.readers import open_cohort
 from ..errors import InputDataError
+from ..options import LABEL_SOURCES as SOURCES
 
 SCHEMA_VERSION = 1
-SOURCES = ("human", "model", "imported")
 DB_NAME = "project.sqlite"
 
 SCHEMA = """

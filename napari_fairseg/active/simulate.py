@@ -31,30 +31,13 @@ from ..data.atomic import restore_formulas, write_csv_atomic, write_text_atomic
 from ..data.manifest import Cohort
 from ..errors import InputDataError
 from ..models.checkpoint import load_checkpoint
+from ..options import SIMULATION
 from ..progress import Job, Progress
 from ..report.figures import save_learning_curves
 from ..training import default_group_attribute
 from .loop import RoundConfig, case_groups, fit_job, round_job
 from .project import Project
 from .strategies import STRATEGIES
-
-#: the four strategies seed 001 compares
-PAPER_STRATEGIES = ("random", "entropy", "localized", "wle")
-
-#: ``fairseg simulate --preset``: the cohort to generate and the experiment's settings
-PRESETS: dict[str, dict] = {
-    # The bundled brain sample's generator and volume size (64×64×48 at 1.5 mm), with enough
-    # cases for 10 + 5×4 labels: 96 cases, a third held out (16 + 16). Fine-tuning warm-starts
-    # from the previous cycle to fit a 2-core CPU in well under 20 minutes.
-    "quick": {"cohort": {"n_cases": 96, "shape": (64, 64, 48), "spacing": 1.5, "test_fraction": 1 / 3},
-              "strategies": PAPER_STRATEGIES, "seeds": (0, 1, 2),
-              "round": {"first_epochs": 60, "epochs": 8, "lr": 3e-3, "warm_start": True}},
-    # The paper's sizes: 312 cases of 170×170×76 at 1 mm, 30 held out (15 + 15); every cycle
-    # retrains from scratch for 200 epochs with Adam at 1e-4 and BCE. Meant for a GPU.
-    "paper": {"cohort": {"n_cases": 312, "shape": (170, 170, 76), "spacing": 1.0, "test_fraction": 30 / 312},
-              "strategies": PAPER_STRATEGIES, "seeds": (0, 1, 2, 3, 4),
-              "round": {"first_epochs": 200, "epochs": 200, "lr": 1e-4, "loss": "bce", "warm_start": False}},
-}
 
 
 @dataclass(frozen=True)
@@ -76,10 +59,10 @@ class SimulationConfig:
         ``strategy`` and ``seed`` are set per run).
     """
 
-    strategies: tuple[str, ...] = PAPER_STRATEGIES
-    seeds: tuple[int, ...] = (0, 1, 2)
-    initial: tuple[int, ...] = (5, 5)
-    cycles: int = 5
+    strategies: tuple[str, ...] = SIMULATION["strategies"]
+    seeds: tuple[int, ...] = SIMULATION["seeds"]
+    initial: tuple[int, ...] = SIMULATION["initial"]
+    cycles: int = SIMULATION["cycles"]
     round: RoundConfig = field(default_factory=RoundConfig)
 
     def __post_init__(self):

@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-STRATEGIES = ("random", "entropy", "localized", "wle", "stochastic", "epistemic",
-              "fair-base", "fair-attr", "fair-poly", "fair-ap")
+from ..options import STRATEGIES
+
 FAIR_QUOTA = ("fair-base", "fair-attr", "fair-poly", "fair-ap")
 
 

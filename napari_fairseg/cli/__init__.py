@@ -16,7 +16,19 @@ from pathlib import Path
 
 from ..data.classes import parse_classes
 from ..errors import Cancelled, FairSegError, InputDataError
-from .common import parse_ints, parse_names, run_with_bar
+from ..options import (
+    AUDIT,
+    EMPTY_RULES,
+    HD_MODES,
+    INFERENCE,
+    MODEL,
+    NETWORKS,
+    OBJECTIVES,
+    TRAIN,
+    TRAIN_LOSSES,
+    UNCERTAINTY,
+)
+from .common import DEVICE_HELP, parse_ints, parse_names, run_with_bar
 
 
 def _cmd_audit(args) -> int:
@@ -196,10 +208,6 @@ def _cmd_demo(args) -> int:
     return 0
 
 
-NETWORK_CHOICES = ("light_unet", "unet", "segresnet", "swinunetr")
-OBJECTIVE_CHOICES = ("none", "divergence", "groupdro", "equal-scale")
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fairseg", description=__doc__.splitlines()[0].replace("``", ""))
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -213,12 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--metadata", help="metadata table (CSV/XLSX) joined by case id")
     a.add_argument("--classes", help="what the mask values mean when the dataset kind's default does not fit, e.g. \"rim=1, cup=2\" or \"disc=1,2; cup=2\"")
     a.add_argument("--split", help="audit only this split (train/val/test/pool)")
-    a.add_argument("--hd", choices=["mm", "voxel", "none"], default="mm", help="HD95 units, or none (default mm)")
-    a.add_argument("--min-support", type=float, default=0.05, help="subgroup discovery minimum support")
-    a.add_argument("--min-group-size", type=int, default=10, help="flag groups smaller than this")
-    a.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for CIs")
-    a.add_argument("--std-ddof", type=int, default=1, help="ddof of the ESSP-std variant")
-    a.add_argument("--empty-score", type=float, default=1.0, help="Dice/IoU when both masks are empty")
+    a.add_argument("--hd", choices=HD_MODES, default=AUDIT["hd_mode"],
+                   help=f"HD95 units, or none (default {AUDIT['hd_mode']})")
+    a.add_argument("--min-support", type=float, default=AUDIT["min_support"], help="subgroup discovery minimum support")
+    a.add_argument("--min-group-size", type=int, default=AUDIT["min_group_size"], help="flag groups smaller than this")
+    a.add_argument("--n-boot", type=int, default=AUDIT["n_boot"], help="bootstrap resamples for CIs")
+    a.add_argument("--std-ddof", type=int, default=AUDIT["std_ddof"], help="ddof of the ESSP-std variant")
+    a.add_argument("--empty-score", type=float, default=AUDIT["empty_score"], help="Dice/IoU when both masks are empty")
     a.add_argument("--mamamia", action="store_true", help="also compute MAMA-MIA PS/FS/TS")
     a.set_defaults(func=_cmd_audit)
 
@@ -227,28 +236,28 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="checkpoint to write (log: <stem>.log.csv beside it)")
     t.add_argument("--metadata", help="metadata table (CSV/XLSX) joined by case id")
     t.add_argument("--classes", help="what the mask values mean when the dataset kind's default does not fit, e.g. \"rim=1, cup=2\" or \"disc=1,2; cup=2\"")
-    t.add_argument("--network", choices=list(NETWORK_CHOICES), default="light_unet",
+    t.add_argument("--network", choices=NETWORKS, default=MODEL["network"],
                    help="light_unet (seed 001, 3D; 2D cohorts get unet), unet, segresnet, swinunetr")
     t.add_argument("--features", help="feature widths per level, e.g. 8,16")
-    t.add_argument("--dropout", type=float, default=0.0, help="dropout (> 0 enables MC-dropout uncertainty)")
+    t.add_argument("--dropout", type=float, default=MODEL["dropout"], help="dropout (> 0 enables MC-dropout uncertainty)")
     t.add_argument("--patch", help="training crop / sliding window size, e.g. 96,96,64 (default whole images)")
-    t.add_argument("--fairness", choices=list(OBJECTIVE_CHOICES), default="none")
-    t.add_argument("--epochs", type=int, default=40)
-    t.add_argument("--batch-size", type=int, default=2)
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--loss", choices=["dicece", "bce", "auto"], default="dicece")
+    t.add_argument("--fairness", choices=OBJECTIVES, default=TRAIN["fairness"])
+    t.add_argument("--epochs", type=int, default=TRAIN["epochs"])
+    t.add_argument("--batch-size", type=int, default=TRAIN["batch_size"])
+    t.add_argument("--lr", type=float, default=TRAIN["lr"])
+    t.add_argument("--loss", choices=TRAIN_LOSSES, default=TRAIN["loss"])
     t.add_argument("--group-attribute", help="groups for per-group validation Dice, GroupDRO and equal-scale")
     t.add_argument("--attributes", help="comma-separated attributes for divergence subgroups (default all)")
-    t.add_argument("--alpha", type=float, default=0.2, help="divergence: weight of the plain loss term")
-    t.add_argument("--min-support", type=float, default=0.05, help="divergence: DivExplorer minimum support")
-    t.add_argument("--dro-eta", type=float, default=0.01, help="GroupDRO step size")
+    t.add_argument("--alpha", type=float, default=TRAIN["alpha"], help="divergence: weight of the plain loss term")
+    t.add_argument("--min-support", type=float, default=TRAIN["min_support"], help="divergence: DivExplorer minimum support")
+    t.add_argument("--dro-eta", type=float, default=TRAIN["dro_eta"], help="GroupDRO step size")
     t.add_argument("--equal-scale-target", type=int, help="equal-scale: cases per group per epoch")
     t.add_argument("--pseudo-label-split", help="unlabelled target-domain split trained with pseudo-labels")
-    t.add_argument("--pseudo-weight", type=float, default=1.0)
-    t.add_argument("--chi", type=float, default=0.05, help="pseudo-label uncertainty threshold")
-    t.add_argument("--val-fraction", type=float, default=0.25)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cuda, mps or cpu")
+    t.add_argument("--pseudo-weight", type=float, default=TRAIN["pseudo_weight"])
+    t.add_argument("--chi", type=float, default=TRAIN["chi"], help="pseudo-label uncertainty threshold")
+    t.add_argument("--val-fraction", type=float, default=TRAIN["val_fraction"])
+    t.add_argument("--seed", type=int, default=TRAIN["seed"])
+    t.add_argument("--device", default=TRAIN["device"], help=DEVICE_HELP)
     t.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
     g = t.add_mutually_exclusive_group()
     g.add_argument("--resume", help="continue an interrupted run from its checkpoint")
@@ -263,18 +272,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, help="output folder: <case_id> predictions, maps/, scores.csv")
     r.add_argument("--metadata", help="metadata table (CSV/XLSX) joined by case id")
     r.add_argument("--classes", help="what the mask values mean when the dataset kind's default does not fit, e.g. \"rim=1, cup=2\" or \"disc=1,2; cup=2\"")
-    r.add_argument("--uncertainty", choices=["none", "entropy", "mc", "tta"], default="entropy")
-    r.add_argument("--passes", type=int, default=8, help="MC-dropout passes")
-    r.add_argument("--roi-radius", type=int, default=3, help="ROI dilation for the masked entropy (voxels)")
-    r.add_argument("--empty", choices=["max", "whole", "nan"], default="max",
+    r.add_argument("--uncertainty", choices=UNCERTAINTY, default=INFERENCE["uncertainty"])
+    r.add_argument("--passes", type=int, default=INFERENCE["passes"], help="MC-dropout passes")
+    r.add_argument("--roi-radius", type=int, default=INFERENCE["roi_radius"],
+                   help="ROI dilation for the masked entropy (voxels)")
+    r.add_argument("--empty", choices=EMPTY_RULES, default=INFERENCE["empty"],
                    help="masked entropy of an empty prediction")
     r.add_argument("--split", help="only this split")
     r.add_argument("--cases", help="comma-separated case ids")
-    r.add_argument("--batch-size", type=int, default=2)
-    r.add_argument("--device", default="auto")
+    r.add_argument("--batch-size", type=int, default=INFERENCE["batch_size"])
+    r.add_argument("--device", default=INFERENCE["device"], help=DEVICE_HELP)
     r.add_argument("--no-amp", action="store_true")
     r.add_argument("--no-maps", action="store_true", help="write predictions and scores only")
-    r.add_argument("--seed", type=int, default=0, help="seed of the MC-dropout masks")
+    r.add_argument("--seed", type=int, default=INFERENCE["seed"], help="seed of the MC-dropout masks")
     r.set_defaults(func=_cmd_predict)
 
     s = sub.add_parser("sample", help="write a synthetic sample cohort")

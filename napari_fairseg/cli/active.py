@@ -9,10 +9,8 @@ from pathlib import Path
 
 from ..data.classes import parse_classes
 from ..errors import InputDataError
-from .common import parse_ints, parse_names, run_with_bar
-
-STRATEGY_CHOICES = ("random", "entropy", "localized", "wle", "stochastic", "epistemic",
-                    "fair-base", "fair-attr", "fair-poly", "fair-ap")
+from ..options import LABEL_SOURCES, PRESETS, ROUND, SIMULATION, STRATEGIES
+from .common import DEVICE_HELP, parse_ints, parse_names, run_with_bar
 
 
 # --------------------------------------------------------------------------- project
@@ -137,7 +135,6 @@ def _cmd_label(args) -> int:
 # --------------------------------------------------------------------------- simulate
 def _preset_cohort(preset: str, bias: str, quiet: bool):
     """The preset's brain cohort, generated once into the sample cache."""
-    from ..active.simulate import PRESETS
     from ..data.readers import open_cohort
     from ..data.synthetic import brain_cohort_job, cache_dir
 
@@ -157,13 +154,7 @@ def _cmd_simulate(args) -> int:
     import dataclasses
 
     from ..active import RoundConfig
-    from ..active.simulate import (
-        PRESETS,
-        SimulationConfig,
-        delta_reduction,
-        simulate_job,
-        summarise,
-    )
+    from ..active.simulate import SimulationConfig, delta_reduction, simulate_job, summarise
     from ..data.readers import open_cohort
 
     preset = PRESETS[args.preset] if args.preset else {}
@@ -201,15 +192,17 @@ def _cmd_simulate(args) -> int:
 # --------------------------------------------------------------------------- parsers
 def _round_options(p: argparse.ArgumentParser, *, defaults: bool = True) -> None:
     d = (lambda v: v) if defaults else (lambda v: None)
-    p.add_argument("--batch", type=int, default=d(4), help="cases to suggest per round (default 4)")
-    p.add_argument("--epochs", type=int, default=d(20), help="fine-tuning epochs per round (default 20)")
-    p.add_argument("--first-epochs", type=int, default=d(60),
-                   help="epochs when training from scratch (first round; default 60)")
-    p.add_argument("--lr", type=float, default=d(3e-3))
+    p.add_argument("--batch", type=int, default=d(ROUND["batch"]),
+                   help=f"cases to suggest per round (default {ROUND['batch']})")
+    p.add_argument("--epochs", type=int, default=d(ROUND["epochs"]),
+                   help=f"fine-tuning epochs per round (default {ROUND['epochs']})")
+    p.add_argument("--first-epochs", type=int, default=d(ROUND["first_epochs"]),
+                   help=f"epochs when training from scratch (first round; default {ROUND['first_epochs']})")
+    p.add_argument("--lr", type=float, default=d(ROUND["lr"]))
     p.add_argument("--group-attribute", help="sensitive attribute (default: group, race, sex or gender)")
-    p.add_argument("--pool-split", default=d("train"), help="split holding the labelled set and the pool")
-    p.add_argument("--eval-split", default=d("test"), help="held-out split for Dice / Δ / ESSP")
-    p.add_argument("--device", default=d("auto"), help="auto (CUDA, then MPS, then CPU), cuda, mps or cpu")
+    p.add_argument("--pool-split", default=d(ROUND["pool_split"]), help="split holding the labelled set and the pool")
+    p.add_argument("--eval-split", default=d(ROUND["eval_split"]), help="held-out split for Dice / Δ / ESSP")
+    p.add_argument("--device", default=d(ROUND["device"]), help=DEVICE_HELP)
 
 
 def add_parsers(sub) -> None:
@@ -228,17 +221,17 @@ def add_parsers(sub) -> None:
 
     s = sub.add_parser("suggest", help="one active-learning round: fine-tune, evaluate, suggest cases to label")
     s.add_argument("project", help="project folder (fairseg project init)")
-    s.add_argument("--strategy", choices=list(STRATEGY_CHOICES), default="wle")
+    s.add_argument("--strategy", choices=STRATEGIES, default=ROUND["strategy"])
     _round_options(s)
     s.add_argument("--model", help="use this model for the round (checkpoint, or 'brain' / 'fundus')")
     s.add_argument("--retrain", action="store_true", help="train even if the labelled set did not change")
     s.add_argument("--from-scratch", action="store_true", help="retrain from scratch instead of fine-tuning")
-    s.add_argument("--roi-radius", type=int, default=3)
-    s.add_argument("--passes", type=int, default=8, help="MC-dropout passes (epistemic)")
-    s.add_argument("--encoder", default="encoder",
+    s.add_argument("--roi-radius", type=int, default=ROUND["roi_radius"])
+    s.add_argument("--passes", type=int, default=ROUND["mc_passes"], help="MC-dropout passes (epistemic)")
+    s.add_argument("--encoder", default=ROUND["encoder"],
                    help="fair-attr/poly/ap embeddings: 'encoder' (the network's bottleneck) or a FairSeg "
                         "checkpoint (.pt) whose network's bottleneck is used; TorchScript / .pt2 are refused")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=ROUND["seed"])
     s.add_argument("--no-amp", action="store_true")
     s.set_defaults(func=_cmd_suggest)
 
@@ -247,20 +240,20 @@ def add_parsers(sub) -> None:
     la.add_argument("case", help="case id")
     la.add_argument("--mask", required=True, help="label file in the cohort's format (NIfTI, npz, PNG)")
     la.add_argument("--author", required=True, help="who annotated it")
-    la.add_argument("--source", choices=["human", "model", "imported"], default="human",
+    la.add_argument("--source", choices=LABEL_SOURCES, default="human",
                     help="human edit (default), accepted model pre-fill, or imported")
     la.set_defaults(func=_cmd_label)
 
     si = sub.add_parser("simulate", help="seed 001's fair active-learning experiment (ground truth as annotator)")
     si.add_argument("cohort", nargs="?", help="manifest (default: the preset's generated brain cohort)")
-    si.add_argument("--preset", choices=["quick", "paper"], help="quick: 2-core CPU, ~15 min; paper: GPU sizes")
+    si.add_argument("--preset", choices=tuple(PRESETS), help="quick: 2-core CPU, ~15 min; paper: GPU sizes")
     si.add_argument("--bias", choices=["strong", "weak"], default="strong", help="preset cohort's bias")
     si.add_argument("--out", required=True, help="results folder (rerun with the same folder to resume)")
     si.add_argument("--metadata")
     si.add_argument("--classes", help="what the mask values mean when the dataset kind's default does not fit, e.g. \"rim=1, cup=2\" or \"disc=1,2; cup=2\"")
-    si.add_argument("--strategies", help=f"comma-separated, from {', '.join(STRATEGY_CHOICES)}")
+    si.add_argument("--strategies", help=f"comma-separated, from {', '.join(STRATEGIES)}")
     si.add_argument("--seeds", help="comma-separated seeds (preset quick: 0,1,2)")
-    si.add_argument("--initial", default="5,5", help="initial labels per group, sorted group order (5,5 8,2 2,8)")
-    si.add_argument("--cycles", type=int, default=5)
+    si.add_argument("--initial", default=",".join(map(str, SIMULATION["initial"])), help="initial labels per group, sorted group order (5,5 8,2 2,8)")
+    si.add_argument("--cycles", type=int, default=SIMULATION["cycles"])
     _round_options(si, defaults=False)
     si.set_defaults(func=_cmd_simulate)

@@ -6,7 +6,11 @@ import argparse
 import sys
 import time
 
+from ..options import DEVICES
 from ..progress import Progress, run_job
+
+#: help of every ``--device`` option
+DEVICE_HELP = f"{', '.join(DEVICES)} or cuda:N (auto: CUDA, then MPS, then CPU)"
 
 
 class ProgressBar:

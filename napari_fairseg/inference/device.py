@@ -6,7 +6,7 @@ import contextlib
 
 import torch
 
-DEVICES = ("auto", "cuda", "mps", "cpu")
+from ..options import DEVICES
 
 
 def _mps_available() -> bool:

@@ -35,6 +35,7 @@ from ..models.checkpoint import Checkpoint, check_compatible, load_checkpoint
 from ..models.networks import ModelConfig, pad_to_divisible, size_divisor
 from ..models.preprocess import match_channels, normalise_intensity
 from ..models.zoo import resolve_checkpoint
+from ..options import INFERENCE, PREFETCH, UNCERTAINTY
 from ..progress import Job, Progress, run_job
 from .device import autocast, choose_device, describe
 from .domain import DomainWarning, check_input, geometry_of, summarise_warnings
@@ -51,8 +52,6 @@ from .uncertainty import (
     paste_boxes,
     probabilities,
 )
-
-UNCERTAINTY = ("none", "entropy", "mc", "tta")
 
 
 @dataclass(frozen=True)
@@ -94,18 +93,18 @@ class InferenceConfig:
         only, the entropy computed inside the ROI alone (same values, less work).
     """
 
-    device: str = "auto"
-    amp: bool = True
-    batch_size: int = 2
-    sw_batch_size: int = 4
-    overlap: float = 0.25
-    uncertainty: str = "entropy"
-    passes: int = 8
-    roi_radius: int = 3
-    empty: str = "max"
-    seed: int = 0
-    prefetch: str = "auto"
-    maps: bool = True
+    device: str = INFERENCE["device"]
+    amp: bool = INFERENCE["amp"]
+    batch_size: int = INFERENCE["batch_size"]
+    sw_batch_size: int = INFERENCE["sw_batch_size"]
+    overlap: float = INFERENCE["overlap"]
+    uncertainty: str = INFERENCE["uncertainty"]
+    passes: int = INFERENCE["passes"]
+    roi_radius: int = INFERENCE["roi_radius"]
+    empty: str = INFERENCE["empty"]
+    seed: int = INFERENCE["seed"]
+    prefetch: str = INFERENCE["prefetch"]
+    maps: bool = INFERENCE["maps"]
 
     def __post_init__(self):
         if self.uncertainty not in UNCERTAINTY:
@@ -116,8 +115,8 @@ class InferenceConfig:
             raise ValueError("batch_size and sw_batch_size must be >= 1")
         if self.uncertainty == "mc" and self.passes < 2:
             raise ValueError(f"MC dropout needs passes >= 2, got {self.passes}")
-        if self.prefetch not in ("auto", "on", "off"):
-            raise ValueError(f"prefetch must be 'auto', 'on' or 'off', got {self.prefetch!r}")
+        if self.prefetch not in PREFETCH:
+            raise ValueError(f"prefetch must be one of {PREFETCH}, got {self.prefetch!r}")
         if not 0 <= self.overlap < 1:
             raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
         if self.roi_radius < 0:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-EMPTY_RULES = ("max", "whole", "nan")
+from ..options import EMPTY_RULES
 
 
 def _entr(p: torch.Tensor) -> torch.Tensor:

@@ -16,9 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-NETWORKS = ("light_unet", "unet", "segresnet", "swinunetr")
-HEADS = ("sigmoid", "softmax")
-INTENSITY = ("zscore", "minmax", "none")
+from ..options import HEADS, INTENSITY, MODEL, NETWORKS
 
 
 def _check_choice(name: str, value, choices) -> None:
@@ -61,14 +59,14 @@ class ModelConfig:
         images (padded to :func:`size_divisor`).
     """
 
-    network: str = "light_unet"
+    network: str = MODEL["network"]
     spatial_dims: int = 3
     in_channels: int = 1
     label_values: tuple[int, ...] = (0, 1)
-    head: str = "sigmoid"
+    head: str = MODEL["head"]
     features: tuple[int, ...] | None = None
-    dropout: float = 0.0
-    intensity: str = "zscore"
+    dropout: float = MODEL["dropout"]
+    intensity: str = MODEL["intensity"]
     patch_size: tuple[int, ...] | None = None
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 

@@ -25,9 +25,9 @@ from ..metrics.distance import hausdorff95, norm_hd
 from ..metrics.groups import equity_summary, group_table, mamamia_scores, variance_fairness
 from ..metrics.overlap import overlap_metrics
 from ..metrics.subgroups import discover_subgroups, intersection_table
+from ..options import AUDIT, HD_MODES
 from ..progress import Job, Progress
 
-HD_MODES = ("mm", "voxel", "none")
 #: Columns of ``groups.csv`` (also when the cohort has no attributes and the table is empty).
 GROUP_COLUMNS = ("attribute", "metric", "group", "known", "n", "n_nan", "mean", "std", "ci_low", "ci_high", "small")
 
@@ -64,16 +64,16 @@ class AuditConfig:
 
     attributes: tuple[str, ...] = ()
     split: str | None = None
-    hd_mode: str = "mm"
-    empty_score: float = 1.0
-    min_support: float = 0.05
-    max_length: int = 3
-    min_group_size: int = 10
-    n_boot: int = 1000
-    std_ddof: int = 1
+    hd_mode: str = AUDIT["hd_mode"]
+    empty_score: float = AUDIT["empty_score"]
+    min_support: float = AUDIT["min_support"]
+    max_length: int = AUDIT["max_length"]
+    min_group_size: int = AUDIT["min_group_size"]
+    n_boot: int = AUDIT["n_boot"]
+    std_ddof: int = AUDIT["std_ddof"]
     mamamia: bool | None = None
-    seed: int = 0
-    heatmap_attributes: int = 3
+    seed: int = AUDIT["seed"]
+    heatmap_attributes: int = AUDIT["heatmap_attributes"]
 
     def __post_init__(self):
         if self.hd_mode not in HD_MODES:
@@ -105,8 +105,26 @@ def audit_job(cohort: Cohort, predictions: str | Path, config: AuditConfig = Aud
     """Evaluate ``predictions`` against the cohort's labels, per case, group and subgroup.
 
     Cases without a label are skipped (noted); a labelled case without a prediction is an
-    error naming the expected file.
+    error naming the expected file. Stages: per-case metrics, then per-attribute group tables,
+    then subgroup discovery per Dice metric; each yields its progress.
     """
+    attrs, cases, skipped = _audited_cases(cohort, config)
+    metrics = yield from _metrics_stage(cohort, predictions, cases["case_id"].tolist(), config)
+    per_case = cases[["case_id", "split", *attrs]].merge(metrics, on="case_id", how="left")
+    metric_cols = [c for c in metrics.columns if c.split("_", 1)[0] in ("dice", "iou", "hd95", "normhd")]
+    discrete = {a: bin_continuous(per_case[a], name=a).reset_index(drop=True) for a in attrs}
+    groups, summary_attrs = yield from _groups_stage(per_case, discrete, attrs, metric_cols, config)
+    dice_cols = [c for c in metric_cols if c.startswith("dice_")]
+    subgroups = yield from _subgroups_stage(per_case, discrete, attrs, dice_cols, config)
+    heatmaps = {(a, b): intersection_table(per_case[dice_cols[0]], discrete[a], discrete[b])
+                for a, b in itertools.combinations(attrs[: config.heatmap_attributes], 2)}
+    summary = _summary(cohort, config, per_case, discrete, metric_cols, summary_attrs, subgroups, len(skipped))
+    yield Progress("done", 1, 1, "audit complete")
+    return Audit(cohort.name, cohort.classes, attrs, per_case, groups, subgroups, summary, heatmaps, skipped)
+
+
+def _audited_cases(cohort: Cohort, config: AuditConfig) -> tuple[list[str], pd.DataFrame, list[str]]:
+    """The attributes to audit, the labelled cases to audit and the unlabelled ones skipped."""
     attrs = list(config.attributes) or cohort.attributes
     unknown = [a for a in attrs if a not in cohort.cases.columns]
     if unknown:
@@ -119,29 +137,42 @@ def audit_job(cohort: Cohort, predictions: str | Path, config: AuditConfig = Aud
     if cases.empty:
         raise InputDataError(cohort.source, "no labelled case to audit"
                              + (f" in split {config.split!r}" if config.split else ""))
-    rows = []
-    n = len(cases)
-    for i, cid in enumerate(cases["case_id"]):
-        case = load_case(cohort, cid)
-        pred = load_prediction(cohort, predictions, case)
-        m = overlap_metrics(pred[None], case.label[None], cohort.classes, empty_score=config.empty_score)
-        row = {"case_id": cid}
-        for name, values in cohort.classes.items():
-            row[f"dice_{name}"] = float(m[f"dice_{name}"][0])
-            row[f"iou_{name}"] = float(m[f"iou_{name}"][0])
-            row[f"empty_{name}"] = bool(m[f"tp_{name}"][0] + m[f"fp_{name}"][0] + m[f"fn_{name}"][0] == 0)
-            if config.hd_mode != "none":
-                spacing = case.spacing if config.hd_mode == "mm" else None
-                hd = hausdorff95(np.isin(pred, values), np.isin(case.label, values), spacing=spacing)
-                row[f"hd95_{name}"] = hd
-                row[f"normhd_{name}"] = float(norm_hd(hd))
-        rows.append(row)
-        yield Progress("metrics", i + 1, n, cid)
-    metrics = pd.DataFrame(rows)
-    per_case = cases[["case_id", "split", *attrs]].merge(metrics, on="case_id", how="left")
-    metric_cols = [c for c in metrics.columns if c.split("_", 1)[0] in ("dice", "iou", "hd95", "normhd")]
-    discrete = {a: bin_continuous(per_case[a], name=a).reset_index(drop=True) for a in attrs}
+    return attrs, cases, skipped
 
+
+def _metrics_stage(cohort: Cohort, predictions: str | Path, case_ids: list[str],
+                   config: AuditConfig) -> Job[pd.DataFrame]:
+    """Per-case Dice, IoU, emptiness and (unless ``hd_mode`` is ``none``) HD95 and NormHD of
+    every class; one ``metrics`` event per case."""
+    rows = []
+    for i, cid in enumerate(case_ids):
+        rows.append(_case_metrics(cohort, predictions, cid, config))
+        yield Progress("metrics", i + 1, len(case_ids), cid)
+    return pd.DataFrame(rows)
+
+
+def _case_metrics(cohort: Cohort, predictions: str | Path, case_id: str, config: AuditConfig) -> dict:
+    """One row of ``per_case.csv`` (without the split and the attributes)."""
+    case = load_case(cohort, case_id)
+    pred = load_prediction(cohort, predictions, case)
+    m = overlap_metrics(pred[None], case.label[None], cohort.classes, empty_score=config.empty_score)
+    row = {"case_id": case_id}
+    for name, values in cohort.classes.items():
+        row[f"dice_{name}"] = float(m[f"dice_{name}"][0])
+        row[f"iou_{name}"] = float(m[f"iou_{name}"][0])
+        row[f"empty_{name}"] = bool(m[f"tp_{name}"][0] + m[f"fp_{name}"][0] + m[f"fn_{name}"][0] == 0)
+        if config.hd_mode != "none":
+            spacing = case.spacing if config.hd_mode == "mm" else None
+            hd = hausdorff95(np.isin(pred, values), np.isin(case.label, values), spacing=spacing)
+            row[f"hd95_{name}"] = hd
+            row[f"normhd_{name}"] = float(norm_hd(hd))
+    return row
+
+
+def _groups_stage(per_case: pd.DataFrame, discrete: dict[str, pd.Series], attrs: list[str],
+                  metric_cols: list[str], config: AuditConfig) -> Job[tuple[pd.DataFrame, dict]]:
+    """Each attribute's group table of every metric (``groups.csv``) and equity summary (the
+    summary's ``attributes``); one ``groups`` event per attribute."""
     group_frames, summary_attrs = [], {}
     for j, a in enumerate(attrs):
         summary_attrs[a] = {"binned": not per_case[a].astype("string").equals(discrete[a]), "metrics": {}}
@@ -156,8 +187,12 @@ def audit_job(cohort: Cohort, predictions: str | Path, config: AuditConfig = Aud
             summary_attrs[a]["metrics"][mc] = _jsonable(equity_summary(values, discrete[a], ddof=config.std_ddof))
         yield Progress("groups", j + 1, len(attrs), a)
     groups = pd.concat(group_frames, ignore_index=True) if group_frames else pd.DataFrame(columns=GROUP_COLUMNS)
+    return groups, summary_attrs
 
-    dice_cols = [c for c in metric_cols if c.startswith("dice_")]
+
+def _subgroups_stage(per_case: pd.DataFrame, discrete: dict[str, pd.Series], attrs: list[str],
+                     dice_cols: list[str], config: AuditConfig) -> Job[pd.DataFrame]:
+    """Divergent subgroups of every Dice metric (``subgroups.csv``); one ``subgroups`` event per metric."""
     table = pd.DataFrame({**discrete, **{c: per_case[c].reset_index(drop=True) for c in dice_cols}})
     sub_frames = []
     for k, mc in enumerate(dice_cols):
@@ -168,12 +203,14 @@ def audit_job(cohort: Cohort, predictions: str | Path, config: AuditConfig = Aud
             found["small"] = found["n"] < config.min_group_size
             sub_frames.append(found)
         yield Progress("subgroups", k + 1, len(dice_cols), mc)
-    subgroups = pd.concat(sub_frames, ignore_index=True) if sub_frames else pd.DataFrame(
+    return pd.concat(sub_frames, ignore_index=True) if sub_frames else pd.DataFrame(
         columns=["metric", "subgroup", "length", "support", "n", "mean", "divergence", "t", "small"])
 
-    primary = dice_cols[0]
-    heatmaps = {(a, b): intersection_table(per_case[primary], discrete[a], discrete[b])
-                for a, b in itertools.combinations(attrs[: config.heatmap_attributes], 2)}
+
+def _summary(cohort: Cohort, config: AuditConfig, per_case: pd.DataFrame, discrete: dict[str, pd.Series],
+             metric_cols: list[str], summary_attrs: dict, subgroups: pd.DataFrame, n_skipped: int) -> dict:
+    """``summary.json``: the run, overall metrics, per-attribute equity, variance fairness, the
+    worst subgroups and (for MAMA-MIA, or when asked) the MAMA-MIA scores."""
     summary = {
         "napari_fairseg_version": __version__,
         "cohort": cohort.name,
@@ -181,7 +218,7 @@ def audit_job(cohort: Cohort, predictions: str | Path, config: AuditConfig = Aud
         "classes": {k: list(v) for k, v in cohort.classes.items()},
         "split": config.split,
         "n_cases": int(len(per_case)),
-        "n_skipped_unlabelled": len(skipped),
+        "n_skipped_unlabelled": n_skipped,
         "config": {"hd_mode": config.hd_mode, "empty_score": config.empty_score,
                    "min_support": config.min_support, "max_length": config.max_length,
                    "min_group_size": config.min_group_size, "n_boot": config.n_boot,
@@ -189,7 +226,7 @@ def audit_job(cohort: Cohort, predictions: str | Path, config: AuditConfig = Aud
         "overall": {mc: _num(np.nanmean(per_case[mc].to_numpy(dtype=float))) for mc in metric_cols},
         "attributes": summary_attrs,
         "variance_fairness": {mc: _num(variance_fairness(per_case[mc].to_numpy(dtype=float), discrete))
-                              for mc in metric_cols} if attrs else {},
+                              for mc in metric_cols} if discrete else {},
         "worst_subgroups": _jsonable(subgroups.head(10).to_dict(orient="records")),
     }
     if config.mamamia or (config.mamamia is None and cohort.kind == "mamamia"):
@@ -201,8 +238,7 @@ def audit_job(cohort: Cohort, predictions: str | Path, config: AuditConfig = Aud
                 continue
             summary["mamamia"][name] = _jsonable(mamamia_scores(dsc, per_case[f"normhd_{name}"], discrete))
         summary["mamamia_hd_mode"] = config.hd_mode
-    yield Progress("done", 1, 1, "audit complete")
-    return Audit(cohort.name, cohort.classes, attrs, per_case, groups, subgroups, summary, heatmaps, skipped)
+    return summary
 
 
 def _num(x):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-LOSSES = ("bce", "dicece")
+from ..options import LOSSES
 
 
 def _spatial_mean(x: torch.Tensor) -> torch.Tensor:

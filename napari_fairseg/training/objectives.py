@@ -31,8 +31,7 @@ import pandas as pd
 import torch
 
 from ..errors import InputDataError
-
-OBJECTIVES = ("none", "divergence", "groupdro", "equal-scale")
+from ..options import OBJECTIVES
 
 
 class Objective:

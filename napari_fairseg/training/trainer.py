@@ -39,6 +39,7 @@ from ..models.checkpoint import (
 )
 from ..models.networks import ModelConfig, build_network, pad_to_divisible, size_divisor
 from ..models.preprocess import label_to_target, normalise_intensity
+from ..options import TRAIN
 from ..progress import Job, Progress
 from .losses import LOSSES, per_case_loss, pseudo_label_loss
 from .objectives import OBJECTIVES, Objective, make_objective
@@ -90,25 +91,25 @@ class TrainConfig:
         Probability that a training crop is centred on a foreground voxel (patch training only).
     """
 
-    epochs: int = 40
-    batch_size: int = 2
-    lr: float = 1e-3
-    loss: str = "dicece"
-    fairness: str = "none"
+    epochs: int = TRAIN["epochs"]
+    batch_size: int = TRAIN["batch_size"]
+    lr: float = TRAIN["lr"]
+    loss: str = TRAIN["loss"]
+    fairness: str = TRAIN["fairness"]
     group_attribute: str | None = None
     attributes: tuple[str, ...] = ()
-    alpha: float = 0.2
-    min_support: float = 0.05
-    dro_eta: float = 0.01
+    alpha: float = TRAIN["alpha"]
+    min_support: float = TRAIN["min_support"]
+    dro_eta: float = TRAIN["dro_eta"]
     equal_scale_target: int | None = None
     pseudo_label_split: str | None = None
-    pseudo_weight: float = 1.0
-    chi: float = 0.05
-    val_fraction: float = 0.25
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True
-    fg_crop_prob: float = 0.5
+    pseudo_weight: float = TRAIN["pseudo_weight"]
+    chi: float = TRAIN["chi"]
+    val_fraction: float = TRAIN["val_fraction"]
+    seed: int = TRAIN["seed"]
+    device: str = TRAIN["device"]
+    amp: bool = TRAIN["amp"]
+    fg_crop_prob: float = TRAIN["fg_crop_prob"]
 
     def __post_init__(self):
         if self.loss != "auto" and self.loss not in LOSSES:
