@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.manifest import Cohort
+from ..data.pipeline import pipeline_of
 from ..errors import InputDataError
 from ..inference.device import choose_device
 from ..inference.predict import InferenceConfig, Predictor, predict_pool_job
@@ -291,8 +292,9 @@ def _round(project: Project, config: RoundConfig, rid: int, started: str, claime
 
     # ---- held-out and labelled-set Dice
     t_eval = time.perf_counter()
+    pipeline = pipeline_of(ckpt)  # the model's preprocessing; outputs come back on each case's grid
     predictor = Predictor(model_nn, ckpt.config, InferenceConfig(device=str(device), amp=config.amp,
-                                                                 uncertainty="none", maps=False))
+                                                                 uncertainty="none", maps=False), pipeline=pipeline)
     eval_ids = [c for c in split.index[split == config.eval_split]
                 if isinstance(cohort.row(c)["label"], str) and cohort.row(c)["label"]]
     yield Progress("evaluate", 0, len(eval_ids) + len(labelled), f"{len(eval_ids)} held-out cases")
@@ -325,12 +327,14 @@ def _round(project: Project, config: RoundConfig, rid: int, started: str, claime
                                        uncertainty="mc" if strategy.scoring == "mc" else "entropy",
                                        passes=config.mc_passes, roi_radius=config.roi_radius,
                                        maps=strategy.scoring in ("maps", "mc"), seed=config.seed)
-            scored = yield from predict_pool_job(cohort, Predictor(model_nn, ckpt.config, settings), pool_ids)
+            scored = yield from predict_pool_job(cohort, Predictor(model_nn, ckpt.config, settings, pipeline=pipeline),
+                                                 pool_ids)
             pool = pool.merge(scored.scores, on="case_id", how="left")
         embeddings = {}
         if strategy.needs_embeddings:
             embeddings = yield from embeddings_job(cohort, labelled + pool_ids, model=model_nn, config=ckpt.config,
-                                                   encoder=config.encoder, device=device)
+                                                   encoder=config.encoder, device=device,
+                                                   pipeline=pipeline)
         context = Context(labelled_dice=labelled_dice, embeddings=embeddings, labelled=labelled)
         pool = strategy.score(pool, context)
         chosen = strategy.select(pool, config.batch, context)
