@@ -316,3 +316,26 @@ def test_a_spacing_the_pipeline_resamples_away_is_no_longer_a_warning(rng):
     assert [w.kind for w in check_input(record, image, (0.7, 0.7, 0.7))] == ["spacing"]
     assert check_input(record, image, (0.7, 0.7, 0.7), resampled=True) == []
     assert [w.kind for w in check_input(record, image[:, :4], (0.7, 0.7, 0.7), resampled=True)] == ["size"]
+
+
+def test_fairseg_predict_with_a_pipeline_checkpoint_writes_on_the_scans_grid(tmp_path, geo, capsys):
+    from napari_fairseg.data.manifest import write_manifest
+
+    manifest = write_manifest(geo, tmp_path / "geo" / "manifest.csv")
+    cfg = ModelConfig()
+    pipe = Pipeline(spatial_dims=3, spacing=(0.8, 0.8, 0.8))
+    from napari_fairseg.inference.domain import case_summary, training_geometry
+
+    # trained (says the record) at 3 mm: a spacing warning, were the scans not resampled
+    record = training_geometry([case_summary(load_image(geo, "RAS").image, (3.0, 3.0, 3.0))])
+    ck = save_checkpoint(tmp_path / "m.pt", build_network(cfg), cfg, {
+        "classes": {"foreground": [1]}, "pipeline": pipe.to_json(), "training_geometry": record})
+    rc = main(["--quiet", "predict", str(manifest), "--model", str(ck), "--out", str(tmp_path / "out"),
+               "--device", "cpu"])
+    assert rc == 0, capsys.readouterr().err
+    for cid, affine in AFFINES.items():
+        for path in (tmp_path / "out" / f"{cid}.nii.gz", tmp_path / "out" / "maps" / f"{cid}_entropy.nii.gz"):
+            img = nib.load(path)
+            assert img.shape == SHAPE
+            np.testing.assert_allclose(img.affine, affine)
+    assert "training spacing" not in capsys.readouterr().err  # resampled, so not a warning

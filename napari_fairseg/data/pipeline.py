@@ -596,7 +596,9 @@ def _after_load(cohort: Cohort, pipeline: Pipeline) -> list:
         out.append(Orientationd(keys, axcodes=pipeline.orientation, labels=None, allow_missing_keys=True))
     if pipeline.spacing is not None:
         out += [ResampleGuardd(pipeline.spacing),
-                Spacingd(keys, pixdim=pipeline.spacing, mode=("bilinear", "nearest"), allow_missing_keys=True)]
+                # float32 sampling: half the memory of MONAI's float64 default on 3 × 448² × 120 volumes
+                Spacingd(keys, pixdim=pipeline.spacing, mode=("bilinear", "nearest"), dtype=np.float32,
+                         allow_missing_keys=True)]
     if pipeline.size is not None:
         out.append(Resized(keys, spatial_size=pipeline.size, mode=("bilinear", "nearest"), allow_missing_keys=True))
     return [*out, Finalised(), Intensityd(pipeline)]
