@@ -339,3 +339,11 @@ def test_fairseg_predict_with_a_pipeline_checkpoint_writes_on_the_scans_grid(tmp
             assert img.shape == SHAPE
             np.testing.assert_allclose(img.affine, affine)
     assert "training spacing" not in capsys.readouterr().err  # resampled, so not a warning
+
+
+def test_a_2d_model_whose_pipeline_resizes_never_slides_over_its_inputs(tmp_path):
+    cfg = ModelConfig(network="unet", spatial_dims=2, features=(4, 8))
+    pipe = Pipeline(spatial_dims=2, size=(32, 48))
+    ck = load_checkpoint(save_checkpoint(tmp_path / "m.pt", build_network(cfg), cfg, {"pipeline": pipe.to_json()}))
+    predictor = Predictor.from_checkpoint(ck, InferenceConfig(device="cpu"))
+    assert predictor.window == (32, 48) and predictor.forward_steps((1, 1, 32, 48)) == 1

@@ -237,6 +237,8 @@ class Predictor:
         pipeline = pipeline_of(ckpt)
         record = geometry_of(ckpt)
         window = record["size"]["max"] if record is not None else None
+        if pipeline.size is not None:  # every input is resized to the training size
+            window = list(pipeline.size)
         return cls(ckpt.build("cpu"), ckpt.config, settings, window=window, pipeline=pipeline)
 
     @property
