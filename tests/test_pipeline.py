@@ -347,3 +347,30 @@ def test_a_2d_model_whose_pipeline_resizes_never_slides_over_its_inputs(tmp_path
     ck = load_checkpoint(save_checkpoint(tmp_path / "m.pt", build_network(cfg), cfg, {"pipeline": pipe.to_json()}))
     predictor = Predictor.from_checkpoint(ck, InferenceConfig(device="cpu"))
     assert predictor.window == (32, 48) and predictor.forward_steps((1, 1, 32, 48)) == 1
+
+
+def test_a_persistent_dataset_caches_prepared_cases_until_a_file_changes(tmp_path, rng):
+    from monai.data import PersistentDataset
+
+    from napari_fairseg.data.pipeline import deterministic_transforms
+
+    geo = nifti_cohort(tmp_path / "data", {"LPS": AFFINES["LPS"]}, rng)
+    pipe = Pipeline(spatial_dims=3, spacing=(1.0, 1.0, 1.0))
+    cache = tmp_path / "cache" / pipe.key()
+
+    def load():
+        ds = PersistentDataset(case_items(geo, ["LPS"]), deterministic_transforms(geo, pipe), cache_dir=cache)
+        return ds[0]
+
+    first = load()
+    assert first["case_id"] == "LPS" and first["label"].dtype == torch.int16
+    assert len(list(cache.iterdir())) == 1
+    np.testing.assert_array_equal(load()["image"].numpy(), first["image"].numpy())
+    assert len(list(cache.iterdir())) == 1  # read back, not recomputed
+    path = geo.row("LPS")["image"]
+    img = nib.load(path)
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[::-1].copy(), img.affine), path)
+    assert not np.array_equal(load()["image"].numpy(), first["image"].numpy())
+    assert len(list(cache.iterdir())) == 2
+    back = invert(first, first["label"], nearest=True)  # a cached case still inverts
+    np.testing.assert_array_equal(np.rint(back[0]), load_case(geo, "LPS").label)
