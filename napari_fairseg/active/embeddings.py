@@ -28,12 +28,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.arrays import load_image
 from ..data.manifest import Cohort
+from ..data.pipeline import Pipeline, legacy_pipeline, pipeline_of, prepare
 from ..errors import InputDataError
 from ..models.checkpoint import Checkpoint, load_checkpoint
 from ..models.networks import ModelConfig, pad_to_divisible, size_divisor
-from ..models.preprocess import normalise_intensity
 from ..progress import Job, Progress
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -102,27 +101,32 @@ class _Bottleneck:
 
 
 def embeddings_job(cohort: Cohort, case_ids: Sequence[str], *, model: nn.Module, config: ModelConfig,
-                   encoder: str | Path = "encoder", device: torch.device | str = "cpu") -> Job[dict[str, np.ndarray]]:
+                   encoder: str | Path = "encoder", device: torch.device | str = "cpu",
+                   pipeline: Pipeline | None = None) -> Job[dict[str, np.ndarray]]:
     """One embedding vector ``(D,)`` per case (the encoding network's pooled bottleneck); yields
     progress per case.
 
     ``encoder`` is ``"encoder"`` (``model`` itself, configured by ``config``) or the path of a
     FairSeg checkpoint (:func:`load_encoder`), whose own network and configuration are used.
-    Images are normalised as for the encoding network, centre-cropped to its patch size when
-    larger (bounded memory on big volumes) and padded to its size divisor.
+    Images are prepared as for the encoding network — ``pipeline`` (the model's,
+    :func:`~napari_fairseg.data.pipeline.pipeline_of`; default: whole-image normalisation as
+    ``config.intensity``), or an encoder checkpoint's own — centre-cropped to its patch size
+    when larger (bounded memory on big volumes) and padded to its size divisor.
     """
     device = torch.device(device)
     if str(encoder) != "encoder":
         ckpt = load_encoder(encoder)
         config = ckpt.config
         model = ckpt.build(device)
+        pipeline = pipeline_of(ckpt)
+    pipeline = pipeline if pipeline is not None else legacy_pipeline(config)
     hooks = _Bottleneck(model)
     out: dict[str, np.ndarray] = {}
     was_training = model.training
     model.eval()
     try:
         for i, cid in enumerate(case_ids):
-            x = normalise_intensity(load_image(cohort, cid).image, config.intensity, source=cid)
+            x = prepare(cohort, pipeline, cid)["image"].as_tensor().numpy()
             if x.ndim - 1 != config.spatial_dims or x.shape[0] != config.in_channels:
                 raise InputDataError(encoder, f"the encoder takes {config.in_channels}-channel {config.spatial_dims}D "
                                      f"images but case {cid} is {x.shape[0]}-channel {x.ndim - 1}D")

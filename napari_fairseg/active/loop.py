@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.manifest import Cohort
+from ..data.pipeline import pipeline_of
 from ..errors import InputDataError
 from ..inference.device import choose_device
 from ..inference.predict import InferenceConfig, Predictor, predict_pool_job
@@ -346,8 +347,9 @@ def _evaluate_stage(sets: _RoundSets, model_nn, ckpt: Checkpoint, config: RoundC
                     device) -> Job[tuple[pd.DataFrame, pd.DataFrame]]:
     """Per-case Dice (with the group) of the held-out cases and of the labelled set (whose
     per-group Dice gives WLE its weights)."""
-    predictor = Predictor(model_nn, ckpt.config, InferenceConfig(device=str(device), amp=config.amp,
-                                                                 uncertainty="none", maps=False))
+    # the model's preprocessing; outputs come back on each case's grid
+    settings = InferenceConfig(device=str(device), amp=config.amp, uncertainty="none", maps=False)
+    predictor = Predictor(model_nn, ckpt.config, settings, pipeline=pipeline_of(ckpt))
     n = len(sets.eval_ids) + len(sets.labelled)
     yield Progress("evaluate", 0, n, f"{len(sets.eval_ids)} held-out cases")
     evaluation = _per_case_dice(predictor, sets.cohort, sets.eval_ids, sets.attribute)
@@ -388,12 +390,14 @@ def _suggest_stage(sets: _RoundSets, model_nn, ckpt: Checkpoint, config: RoundCo
                                    uncertainty="mc" if strategy.scoring == "mc" else "entropy",
                                    passes=config.mc_passes, roi_radius=config.roi_radius,
                                    maps=strategy.scoring in ("maps", "mc"), seed=config.seed)
-        scored = yield from predict_pool_job(sets.cohort, Predictor(model_nn, ckpt.config, settings), sets.pool_ids)
+        scored = yield from predict_pool_job(sets.cohort, Predictor(model_nn, ckpt.config, settings, pipeline=pipeline_of(ckpt)),
+                                             sets.pool_ids)
         pool = pool.merge(scored.scores, on="case_id", how="left")
     embeddings = {}
     if strategy.needs_embeddings:
         embeddings = yield from embeddings_job(sets.cohort, sets.labelled + sets.pool_ids, model=model_nn,
-                                               config=ckpt.config, encoder=config.encoder, device=device)
+                                               config=ckpt.config, encoder=config.encoder, device=device,
+                                               pipeline=pipeline_of(ckpt))
     context = Context(labelled_dice=labelled_dice, embeddings=embeddings, labelled=sets.labelled)
     pool = strategy.score(pool, context)
     chosen = strategy.select(pool, config.batch, context)

@@ -14,7 +14,8 @@ An input gets a warning when
 
 * **spacing** — its voxel size on some axis lies outside the training range (smallest to largest
   training spacing on that axis) by more than :data:`SPACING_TOLERANCE` (×1.2 either way);
-  2D images with no physical spacing (pixels) are not compared;
+  2D images with no physical spacing (pixels) are not compared, nor are inputs that the model's
+  preprocessing pipeline resamples to its training spacing (``resampled=True``);
 * **size** — its size in voxels on some axis lies outside the training range by more than
   :data:`SIZE_TOLERANCE` (×1.5 either way): a whole-image network sees a field of view it never
   saw, and even a sliding-window one sees other anatomy;
@@ -180,7 +181,8 @@ def _outside(value: float, lo: float, hi: float, factor: float) -> bool:
     return value < lo / factor or value > hi * factor
 
 
-def check_input(source, image: np.ndarray, spacing: Sequence[float] | None = None) -> list[DomainWarning]:
+def check_input(source, image: np.ndarray, spacing: Sequence[float] | None = None, *,
+                resampled: bool = False) -> list[DomainWarning]:
     """How ``image`` differs from the training data recorded in ``source``.
 
     Parameters
@@ -192,6 +194,10 @@ def check_input(source, image: np.ndarray, spacing: Sequence[float] | None = Non
         spatial dimensions and no channel axis is taken as one channel.
     spacing : sequence of float, optional
         Voxel size per spatial axis in mm; ``None`` skips the spacing check.
+    resampled : bool
+        The model's pipeline brings the input to its training spacing
+        (:attr:`~napari_fairseg.data.pipeline.Pipeline.spacing` set): a different spacing is
+        no longer a warning. The other checks stay.
 
     Returns
     -------
@@ -214,7 +220,7 @@ def check_input(source, image: np.ndarray, spacing: Sequence[float] | None = Non
         out.append(DomainWarning("channels", f"the image has {n_ch} channel(s) but the model was trained on "
                                              f"{train_ch}: it cannot read this image as it was trained to"))
     sp = record["spacing"]
-    if spacing is not None and record.get("spacing_unit", "mm") == "mm":
+    if spacing is not None and not resampled and record.get("spacing_unit", "mm") == "mm":
         spacing = [float(s) for s in spacing]
         if len(spacing) == dims and any(_outside(s, lo, hi, SPACING_TOLERANCE)
                                         for s, lo, hi in zip(spacing, sp["min"], sp["max"], strict=True)):
@@ -260,7 +266,8 @@ def _intensity_warnings(rec: dict, image: np.ndarray) -> list[DomainWarning]:
     return out
 
 
-def input_warnings(source, image: np.ndarray, spacing: Sequence[float] | None = None) -> list[str]:
+def input_warnings(source, image: np.ndarray, spacing: Sequence[float] | None = None, *,
+                   resampled: bool = False) -> list[str]:
     """Sentences saying how ``image`` differs from the model's training data (see :func:`check_input`).
 
     Examples
@@ -269,7 +276,7 @@ def input_warnings(source, image: np.ndarray, spacing: Sequence[float] | None = 
     ['spacing 1×1×1 mm differs from the model's training spacing 1.5×1.5×1.5 mm (×0.67): ...',
      'image size 197×233×189 voxels is far from the model's training images (64×64×48 voxels): ...']
     """
-    return [w.message for w in check_input(source, image, spacing)]
+    return [w.message for w in check_input(source, image, spacing, resampled=resampled)]
 
 
 def summarise_warnings(per_case: Mapping[str, Sequence[DomainWarning]]) -> list[str]:

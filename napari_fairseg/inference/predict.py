@@ -8,6 +8,13 @@ many cases of a cohort in batches, decoding the next batch from disk in a backgr
 while the current one computes, and yields a ``predict`` event per batch; it compares every
 case with the checkpoint's training geometry (:mod:`.domain`) and reports the differences.
 :func:`predict_cases_job` also loads the checkpoint inside the job (GUI: never on its thread).
+
+Every case is prepared with the model's preprocessing pipeline (:attr:`Predictor.pipeline`, read
+from the checkpoint by :func:`~napari_fairseg.data.pipeline.pipeline_of`: orientation, spacing,
+crop, normalisation) and every prediction, probability and uncertainty map comes back on the
+case's **original grid** (:func:`~napari_fairseg.data.pipeline.invert`), so files are written
+with the source affine and the viewer overlays them on the image as read. Checkpoints without a
+pipeline keep today's whole-image normalisation on the native grid.
 """
 
 from __future__ import annotations
@@ -30,10 +37,11 @@ from ..data.arrays import CaseData, load_image, prediction_path, save_label
 from ..data.atomic import atomic_path, mark_output, path_inside, write_csv_atomic
 from ..data.kinds import kind_of
 from ..data.manifest import Cohort, refuse_overwriting_inputs
+from ..data.pipeline import Pipeline, invert, legacy_pipeline, pipeline_of, prepare_case
 from ..errors import InputDataError
 from ..models.checkpoint import Checkpoint, check_compatible, load_checkpoint
 from ..models.networks import ModelConfig, pad_to_divisible, size_divisor
-from ..models.preprocess import match_channels, normalise_intensity
+from ..models.preprocess import match_channels
 from ..models.zoo import resolve_checkpoint
 from ..options import INFERENCE, PREFETCH, UNCERTAINTY
 from ..progress import Job, Progress, run_job
@@ -127,6 +135,9 @@ class InferenceConfig:
 class CasePrediction:
     """A case's prediction and maps, aligned with its image (numpy, on the CPU).
 
+    Arrays lie on the case's original grid (that of :func:`~napari_fairseg.data.arrays.load_image`),
+    whatever grid the model predicted on; the ``scores`` are computed on the model's grid.
+
     Attributes
     ----------
     label : numpy.ndarray
@@ -200,11 +211,17 @@ class Predictor:
         Returns logits ``(B, K, *S)``.
     config : ModelConfig
     settings : InferenceConfig
+    window : sequence of int, optional
+        A whole-image model's training image size (its sliding window on much larger images).
+    pipeline : Pipeline, optional
+        How pool jobs prepare each case (the checkpoint's, :func:`~napari_fairseg.data.pipeline.pipeline_of`);
+        default :func:`~napari_fairseg.data.pipeline.legacy_pipeline` of ``config``.
     """
 
     def __init__(self, model: nn.Module, config: ModelConfig, settings: InferenceConfig = InferenceConfig(), *,
-                 window: Sequence[int] | None = None):
+                 window: Sequence[int] | None = None, pipeline: Pipeline | None = None):
         self.config, self.settings = config, settings
+        self.pipeline = pipeline if pipeline is not None else legacy_pipeline(config)
         self.device = choose_device(settings.device)
         self.model = model.to(self.device).eval()
         self.divisor = size_divisor(config)
@@ -215,9 +232,14 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, ckpt: Checkpoint, settings: InferenceConfig = InferenceConfig()) -> Predictor:
+        """The checkpoint's network and preprocessing pipeline (a refused pipeline raises
+        :class:`~napari_fairseg.errors.InputDataError` naming the file, before the network is built)."""
+        pipeline = pipeline_of(ckpt)
         record = geometry_of(ckpt)
         window = record["size"]["max"] if record is not None else None
-        return cls(ckpt.build("cpu"), ckpt.config, settings, window=window)
+        if pipeline.size is not None:  # every input is resized to the training size
+            window = list(pipeline.size)
+        return cls(ckpt.build("cpu"), ckpt.config, settings, window=window, pipeline=pipeline)
 
     @property
     def device_name(self) -> str:
@@ -406,16 +428,43 @@ def _split(out: dict[str, torch.Tensor], ids: Sequence[str]) -> list[CasePredict
     return preds
 
 
-def _decode_batch(cohort: Cohort, ids: Sequence[str], intensity: str,
-                  channels: int) -> list[tuple[CaseData, np.ndarray, str | None]]:
-    """``(case, normalised image, note)`` per case; an RGB photo for a 1-channel model is
-    converted to grey, and the note says so."""
+def _decode_batch(cohort: Cohort, ids: Sequence[str], pipeline: Pipeline,
+                  channels: int) -> list[tuple[CaseData, np.ndarray, str | None, dict]]:
+    """``(case, prepared image, note, prepared)`` per case: the raw case (for its geometry and
+    the domain checks), the image the model sees, a note when an RGB photo for a 1-channel model
+    was converted to grey, and the :func:`~napari_fairseg.data.pipeline.prepare_case` dict that
+    :func:`_on_original_grid` inverts."""
     out = []
     for cid in ids:
         case = load_image(cohort, cid)
         case.image, note = match_channels(case.image, channels)
-        out.append((case, normalise_intensity(case.image, intensity, source=cid), note))
+        prepared = prepare_case(cohort, pipeline, case)
+        out.append((case, prepared["image"].as_tensor().numpy(), note, prepared))
     return out
+
+
+def _on_original_grid(pred: CasePrediction, prepared: dict, head: str) -> CasePrediction:
+    """``pred`` (on the prepared grid) with its label and maps brought back to the case's grid.
+
+    Labels and the ROI by nearest neighbour; probabilities and uncertainty maps by the image's
+    interpolation. Outside a crop the label is background, uncertainty 0 and, for a softmax head,
+    the background probability 1 (it is 1 minus the other classes' there and everywhere).
+    """
+    if not prepared["image"].applied_operations:
+        return pred
+    label = np.rint(invert(prepared, pred.label[None].astype(np.float32), nearest=True)[0]).astype(pred.label.dtype)
+    maps = {}
+    for name, arr in pred.maps.items():
+        if name == "roi":
+            maps[name] = invert(prepared, arr[None].astype(np.float32), nearest=True)[0] > 0.5
+        elif name == "probability" and head == "softmax" and arr.shape[0] > 1:
+            rest = np.clip(invert(prepared, arr[1:], nearest=False), 0, 1)
+            maps[name] = np.concatenate([np.clip(1 - rest.sum(axis=0, keepdims=True), 0, 1), rest]).astype(np.float32)
+        elif name == "probability":
+            maps[name] = np.clip(invert(prepared, arr, nearest=False), 0, 1).astype(np.float32)
+        else:
+            maps[name] = np.maximum(invert(prepared, arr[None], nearest=False)[0], 0).astype(np.float32)
+    return CasePrediction(pred.case_id, label, maps, pred.scores)
 
 
 def _shape_groups(decoded):
@@ -487,7 +536,12 @@ def predict_pool_job(cohort: Cohort, predictor: Predictor, case_ids: Sequence[st
     checkpoint : Checkpoint, optional
         Checked against the cohort (task, channels, dimensions) before any work, and each case
         against its training geometry: the differences go to the result's ``warnings`` and to a
-        ``warnings`` column of the scores (sentences joined by `` | ``, empty for none).
+        ``warnings`` column of the scores (sentences joined by `` | ``, empty for none). Its
+        pipeline (:func:`~napari_fairseg.data.pipeline.pipeline_of`) prepares the cases; without
+        it, the predictor's.
+
+    Each case is prepared by the pipeline and its prediction and maps — written and kept — are
+    brought back to its original grid; the scores are those of the model's grid.
 
     Yields ``predict`` events per batch and, within a batch, ``forward`` events per forward
     pass (:meth:`Predictor.predict_job`).
@@ -502,16 +556,17 @@ def predict_pool_job(cohort: Cohort, predictor: Predictor, case_ids: Sequence[st
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         refuse_overwriting_inputs(out, cohort)
+    pipeline = pipeline_of(checkpoint) if checkpoint is not None else predictor.pipeline
     rows, kept, warned = [], {}, {}
     yield Progress("predict", 0, len(ids), f"on {predictor.device_name}")
     if not batches:
         return PoolResult(pd.DataFrame(columns=["case_id", *PER_CASE_SCORES]), {}, predictor.device_name, 0.0)
-    intensity, channels = predictor.config.intensity, predictor.config.in_channels
+    channels = predictor.config.in_channels
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fairseg-decode") as pool:
         def fetch(i):
             if predictor.prefetch:
-                return pool.submit(_decode_batch, cohort, batches[i], intensity, channels)
-            return _Ready(_decode_batch(cohort, batches[i], intensity, channels))
+                return pool.submit(_decode_batch, cohort, batches[i], pipeline, channels)
+            return _Ready(_decode_batch(cohort, batches[i], pipeline, channels))
 
         future = fetch(0)
         done = 0
@@ -530,13 +585,15 @@ def predict_pool_job(cohort: Cohort, predictor: Predictor, case_ids: Sequence[st
                 names = [g[0].case_id for g in group]
                 label = names[0] if len(names) == 1 else f"{names[0]} +{len(names) - 1}"
                 preds = _split((yield from predictor.predict_job(x, label=label)), names)
-                for (case, _, note), pred in zip(group, preds, strict=True):
+                for (case, _, note, prepared), pred in zip(group, preds, strict=True):
+                    pred = _on_original_grid(pred, prepared, predictor.config.head)
                     if out is not None:
                         mark_output(out)  # never read back as input, e.g. npz predictions in a FairSeg folder
                         write_case_outputs(cohort, out, case, pred, maps=write_maps)
                     row = {"case_id": case.case_id, **pred.scores}
                     if checkpoint is not None:
-                        found = check_input(checkpoint, case.image, case.spacing)
+                        found = check_input(checkpoint, case.image, case.spacing,
+                                            resampled=pipeline.spacing is not None)
                         if note:
                             found.insert(0, DomainWarning("channels", note))
                         if found:

@@ -8,61 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..data.intensity import GREY_NOTE, LUMA, match_channels, normalise_intensity
 from ..errors import InputDataError
 from .networks import ModelConfig
 
-#: ITU-R BT.601 luma weights: how an RGB photo becomes the one grey channel of a 1-channel model
-LUMA = (0.299, 0.587, 0.114)
-#: the note a case converted by :func:`match_channels` carries to the user
-GREY_NOTE = "RGB photo converted to grey (luminance, BT.601) for this 1-channel model"
-
-
-def match_channels(image: np.ndarray, in_channels: int) -> tuple[np.ndarray, str | None]:
-    """Fit a 2D RGB(A) photo ``(3 or 4, H, W)`` to a 1-channel model: its luminance ``(1, H, W)``.
-
-    Returns the image (unchanged when it already fits, or cannot be fitted — the caller's
-    channel check then says so) and a note for the user when it was converted, else ``None``.
-    """
-    c = image.shape[0]
-    if c == in_channels or in_channels != 1 or c not in (3, 4) or image.ndim != 3:
-        return image, None
-    grey = np.tensordot(np.asarray(LUMA, np.float32), np.asarray(image[:3], np.float32), axes=1)
-    return grey[None], GREY_NOTE
-
-
-def normalise_intensity(image: np.ndarray, mode: str, *, source=None) -> np.ndarray:
-    """Normalise each channel of one case.
-
-    Parameters
-    ----------
-    image : numpy.ndarray
-        ``(C, *spatial)`` intensities (any float or integer dtype).
-    mode : str
-        ``zscore`` (zero mean, unit variance per channel), ``minmax`` (1st–99th percentile to
-        [0, 1], clipped) or ``none``.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``(C, *spatial)`` float32. A constant channel becomes zeros rather than NaN.
-    """
-    img = np.asarray(image, dtype=np.float32)
-    if not np.isfinite(img).all():
-        raise InputDataError(source, "image holds NaN or infinite values; fix or mask them before inference")
-    if mode == "none":
-        return img.copy()
-    out = np.empty_like(img)
-    for c in range(img.shape[0]):
-        ch = img[c]
-        if mode == "zscore":
-            mu, sd = float(ch.mean()), float(ch.std())
-            out[c] = (ch - mu) / sd if sd > 0 else 0.0
-        elif mode == "minmax":
-            lo, hi = np.percentile(ch, (1, 99))
-            out[c] = np.clip((ch - lo) / (hi - lo), 0, 1) if hi > lo else 0.0
-        else:
-            raise ValueError(f"intensity must be one of ('zscore', 'minmax', 'none'), got {mode!r}")
-    return out
+__all__ = ["GREY_NOTE", "LUMA", "label_to_target", "match_channels", "normalise_intensity"]
 
 
 def label_to_target(label: np.ndarray, config: ModelConfig, *, source=None) -> np.ndarray:
