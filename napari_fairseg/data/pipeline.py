@@ -72,6 +72,7 @@ from monai.utils import TraceKeys
 from ..errors import FairSegError, InputDataError
 from .arrays import CaseData, check_voxels, load_case, load_image
 from .intensity import match_channels, normalise_channels
+from .kinds import kind_of
 from .manifest import KEY_SEP, Cohort, split_channels
 
 #: Version of the JSON written by :meth:`Pipeline.to_json`.
@@ -84,7 +85,6 @@ SPACING_RANGE = (0.05, 50.0)
 #: Largest 2D target size per axis, in pixels.
 MAX_SIZE = 8192
 #: Cohort kinds whose images are volumes with a physical affine.
-VOLUME_KINDS = ("nifti", "mamamia")
 #: Where a MAMA-MIA case's breast box lives, relative to the dataset folder.
 PATIENT_INFO = "patient_info_files"
 BOX_KEYS = ("x_min", "x_max", "y_min", "y_max", "z_min", "z_max")
@@ -289,7 +289,7 @@ def pipeline_of(ckpt) -> Pipeline:
 
 
 def _is_volume(cohort: Cohort) -> bool:
-    return cohort.kind in VOLUME_KINDS
+    return kind_of(cohort).spatial_dims == 3
 
 
 def _header(ref: str):
@@ -346,7 +346,7 @@ def pipeline_for(cohort: Cohort, case_ids: Sequence[str] | None = None, *, model
     if model_config is not None:
         base["normalise"] = model_config.intensity
     if dims == 3:
-        base.update(orientation="RAS", crop="box" if cohort.kind == "mamamia" else "foreground")
+        base.update(orientation="RAS", crop=kind_of(cohort).crop)
         if "spacing" not in overrides and ids and _is_volume(cohort):
             orientation = overrides.get("orientation", "RAS")
             spacings = np.array([case_spacing(cohort, cid, orientation) for cid in ids])
@@ -363,7 +363,7 @@ def _case_files(cohort: Cohort, case_id: str, with_label: bool) -> list[Path]:
     if with_label and isinstance(row["label"], str) and row["label"]:
         refs.append(row["label"])
     files = [Path(r.split(KEY_SEP, 1)[0]) for r in refs]
-    if cohort.kind == "mamamia":
+    if kind_of(cohort).crop == "box":
         files.append(box_path(cohort, case_id))
     return files
 
