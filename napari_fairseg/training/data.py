@@ -11,7 +11,8 @@ intensity augmentation (contrast, shift, noise), our stand-in for the papers' ge
 
 Randomness is per item: the sampler hands the dataset ``(index, synthetic, seed)`` keys drawn
 from the epoch's generator, so a seed gives the same batches whatever the number of loader
-workers or processes, and a resumed run draws what an uninterrupted one would.
+workers, a case draws the same augmentation whatever the number of training processes, and a
+resumed run draws what an uninterrupted one would.
 """
 
 from __future__ import annotations
