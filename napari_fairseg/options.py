@@ -56,6 +56,7 @@ TRAIN = MappingProxyType({
     "epochs": 40, "batch_size": 2, "lr": 1e-3, "loss": "dicece", "fairness": "none",
     "alpha": 0.2, "min_support": 0.05, "dro_eta": 0.01, "pseudo_weight": 1.0, "chi": 0.05,
     "val_fraction": 0.25, "seed": 0, "device": "auto", "amp": True, "fg_crop_prob": 0.5,
+    "augment": True, "workers": 0, "cache": None,
 })
 
 #: ``InferenceConfig`` (``fairseg predict``, the Model & inference dock)

@@ -164,3 +164,13 @@ def write_toy_cohort(out, *, n_major=12, n_minor=3, val=(6, 2), n_target=0, size
 @pytest.fixture(scope="session")
 def toy(tmp_path_factory):
     return write_toy_cohort(tmp_path_factory.mktemp("toy"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _preprocessed_cache_in_tmp(tmp_path_factory):
+    """Training's persistent cache of preprocessed cases goes to a temporary folder, not the
+    user's cache folder (every session's tiny cohorts are new files, so new entries)."""
+    with pytest.MonkeyPatch.context() as mp:
+        folder = tmp_path_factory.mktemp("preprocessed")
+        mp.setattr("napari_fairseg.training.data.cache_dir", lambda: folder)
+        yield

@@ -150,14 +150,14 @@ def test_pseudo_label_loss_by_hand_and_no_gradient_on_uncertain_voxels():
 def test_pseudo_labels_make_the_model_confident_on_the_target_domain(tmp_path):
     toy = write_toy_cohort(tmp_path / "da", n_major=10, n_minor=0, val=(3, 0), n_target=6)
     mc = model_config_for(toy, network="unet", features=(4, 8))
-    source = run_job(train_job(toy, mc, TrainConfig(epochs=15, batch_size=4, seed=0, **FAST)))
+    source = run_job(train_job(toy, mc, TrainConfig(epochs=15, batch_size=4, seed=0, augment=False, **FAST)))
     targets = toy.cases.loc[toy.cases["split"] == "pool", "case_id"].tolist()
-    before = run_job(predict_pool_job(toy, Predictor(source.model, mc, InferenceConfig(device="cpu")), targets,
-                                      keep=True))
-    from napari_fairseg.data.arrays import load_image
-    from napari_fairseg.models.preprocess import normalise_intensity
+    from napari_fairseg.data.pipeline import Pipeline, prepare
 
-    imgs = torch.stack([torch.from_numpy(normalise_intensity(load_image(toy, t).image, "zscore")) for t in targets])
+    pipeline = Pipeline.from_json(source.meta["pipeline"])  # the images as the model saw them in training
+    before = run_job(predict_pool_job(toy, Predictor(source.model, mc, InferenceConfig(device="cpu"), pipeline=pipeline),
+                                      targets, keep=True))
+    imgs = torch.stack([torch.as_tensor(prepare(toy, pipeline, t)["image"]).as_subclass(torch.Tensor) for t in targets])
     model = source.model.train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(4):  # the pseudo-label loss alone, on unlabelled target images
@@ -167,7 +167,8 @@ def test_pseudo_labels_make_the_model_confident_on_the_target_domain(tmp_path):
         opt.step()
     assert 0 < kept.mean() < 1
     model.eval()
-    after = run_job(predict_pool_job(toy, Predictor(model, mc, InferenceConfig(device="cpu")), targets, keep=True))
+    after = run_job(predict_pool_job(toy, Predictor(model, mc, InferenceConfig(device="cpu"), pipeline=pipeline),
+                                     targets, keep=True))
     # intended direction (seed 002): more confident on the target domain, consistent with the
     # model's own confident predictions. (Alone and for long, self-training drifts: the trainer
     # always pairs it with the supervised source loss.)
@@ -186,3 +187,48 @@ def test_train_config_validates_names():
     with pytest.raises(ValueError, match="loss must be"):
         TrainConfig(loss="focal")
     assert json.loads(json.dumps(TrainConfig().__dict__))["loss"] == "dicece"
+
+
+def test_training_reads_cases_through_the_persistent_cache(tmp_path):
+    toy = write_toy_cohort(tmp_path / "toy", n_major=3, n_minor=1, val=(1, 1))
+    mc = model_config_for(toy, network="unet", features=(4, 8))
+    cfg = TrainConfig(epochs=1, cache=str(tmp_path / "cache"), **FAST)
+    first = run_job(train_job(toy, mc, cfg))
+    (folder,) = [p for p in (tmp_path / "cache").iterdir() if p.name != "summaries"]
+    entries = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    assert len(entries) == 6  # one per labelled case, training and validation
+    assert len(list((tmp_path / "cache" / "summaries").iterdir())) == 4  # the training cases' geometry
+    again = run_job(train_job(toy, mc, cfg))  # read from the cache: nothing preprocessed again
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == entries
+    assert _same(_weights(first.model), _weights(again.model))
+    assert first.meta["training_geometry"] == again.meta["training_geometry"]
+    changed = toy.cases["image"].iloc[0]  # a file that changes gets a new entry, not the stale one
+    from PIL import Image
+
+    Image.fromarray(255 - np.asarray(Image.open(changed))).save(changed)
+    run_job(train_job(toy, mc, cfg))
+    assert len(list(folder.iterdir())) == 7
+
+
+def test_a_seed_gives_the_same_run_with_or_without_loader_workers(tmp_path):
+    toy = write_toy_cohort(tmp_path / "toy", n_major=4, n_minor=2, val=(1, 1))
+    mc = model_config_for(toy, network="unet", features=(4, 8), patch_size=(16, 16))
+    runs = [run_job(train_job(toy, mc, TrainConfig(epochs=1, fairness="equal-scale", workers=w,
+                                                   cache=str(tmp_path / "cache"), **FAST))) for w in (0, 2)]
+    assert _same(_weights(runs[0].model), _weights(runs[1].model))
+    assert runs[0].fed == runs[1].fed and len(runs[0].fed) == 1
+    assert runs[0].log["val_dice"].tolist() == runs[1].log["val_dice"].tolist()
+    assert sorted(runs[0].fed[0]) != sorted(toy.cases.query("split == 'train'")["case_id"])  # minority oversampled
+
+
+def test_equal_scale_copies_get_their_own_intensity_augmentation(tmp_path):
+    from napari_fairseg.training.data import TrainingSet, legacy_pipeline, preprocessed
+
+    toy = write_toy_cohort(tmp_path / "toy", n_major=1, n_minor=1, val=(0, 0))
+    mc = model_config_for(toy, network="unet", features=(4, 8))
+    data = TrainingSet(preprocessed(toy, toy.case_ids, legacy_pipeline(mc), cache=tmp_path / "cache"), mc)
+    plain, copy, plain_again = data[(0, False, 7)], data[(0, True, 7)], data[(0, False, 7)]
+    assert torch.equal(plain["image"], plain_again["image"])  # a key is one draw, whenever it is read
+    assert torch.equal(plain["target"], copy["target"])  # same geometry ...
+    assert not torch.allclose(plain["image"], copy["image"], atol=0.01)  # ... new contrast and noise
+    assert plain["image"].shape == (1, 32, 32) and plain["target"].dtype == torch.float32

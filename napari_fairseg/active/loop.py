@@ -40,7 +40,6 @@ from ..models.zoo import resolve_checkpoint
 from ..options import ROUND
 from ..progress import Job, Progress
 from ..training import (
-    CaseCache,
     TrainConfig,
     TrainResult,
     default_group_attribute,
@@ -168,10 +167,7 @@ def _per_case_dice(predictor: Predictor, cohort: Cohort, ids, attribute: str | N
     """Per-case Dice of ``ids`` (labels from ``cohort``) with each case's ``group``."""
     if not ids:
         return pd.DataFrame(columns=["case_id", "dice", "group"])
-    cache = CaseCache(cohort, predictor.config)
-    for cid in ids:
-        cache.load(cid)
-    table = validate(predictor, cache, cohort, ids)[["case_id", "dice"]]
+    table = validate(predictor, cohort, ids)[["case_id", "dice"]]
     table["group"] = case_groups(cohort, attribute, ids).to_numpy()
     return table
 

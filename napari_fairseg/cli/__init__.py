@@ -11,6 +11,7 @@ and active learning (:mod:`.active`): ``project`` (init / status / import / expo
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -82,7 +83,16 @@ def _cmd_train(args) -> int:
     from ..data.manifest import refuse_overwriting_inputs
     from ..data.readers import open_cohort
     from ..training import TrainConfig, model_config_for, train_job
+    from ..training.distributed import launch_command, launched
 
+    if args.nproc < 1:
+        raise InputDataError(None, f"--nproc must be 1 or more, got {args.nproc}")
+    if args.nproc > 1:
+        if launched():
+            raise InputDataError(None, "--nproc starts torchrun itself; under torchrun leave it out")
+        import subprocess
+
+        return subprocess.call(launch_command(args.nproc, args.argv))
     cohort = open_cohort(args.cohort, metadata=args.metadata, classes=parse_classes(args.classes))
     out = Path(args.out)
     for path in (out, out.with_name(out.stem + ".log.csv")):
@@ -92,7 +102,8 @@ def _cmd_train(args) -> int:
         group_attribute=args.group_attribute, attributes=parse_names(args.attributes), alpha=args.alpha,
         min_support=args.min_support, dro_eta=args.dro_eta, equal_scale_target=args.equal_scale_target,
         pseudo_label_split=args.pseudo_label_split, pseudo_weight=args.pseudo_weight, chi=args.chi,
-        val_fraction=args.val_fraction, seed=args.seed, device=args.device, amp=not args.no_amp)
+        val_fraction=args.val_fraction, seed=args.seed, device=args.device, amp=not args.no_amp,
+        workers=args.workers)
     model_config = None
     if not (args.resume or args.init):
         overrides = {"dropout": args.dropout}
@@ -101,8 +112,11 @@ def _cmd_train(args) -> int:
         if args.patch:
             overrides["patch_size"] = parse_ints(args.patch)
         model_config = model_config_for(cohort, network=args.network, **overrides)
+    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports
     result = run_with_bar(train_job(cohort, model_config, config, out=args.out, resume=args.resume, init=args.init),
-                  args.quiet)
+                          args.quiet or not main_rank)
+    if not main_rank:
+        return 0
     last = result.log.iloc[-1] if len(result.log) else {}
     groups = {k[9:-1]: v for k, v in dict(last).items() if k.startswith("val_dice[")}
     print(f"trained {result.config.network} ({result.meta['device']}) for {config.epochs} epochs; "
@@ -259,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=TRAIN["seed"])
     t.add_argument("--device", default=TRAIN["device"], help=DEVICE_HELP)
     t.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
+    t.add_argument("--workers", type=int, default=TRAIN["workers"], help="data-loading worker processes per training process")
+    t.add_argument("--nproc", type=int, default=1,
+                   help="training processes on this machine (one per GPU): relaunches itself with torchrun")
     g = t.add_mutually_exclusive_group()
     g.add_argument("--resume", help="continue an interrupted run from its checkpoint")
     g.add_argument("--init", help="fine-tune from this checkpoint (or 'brain' / 'fundus')")
@@ -310,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # `train --nproc` relaunches itself with them
     try:
         return args.func(args)
     except Cancelled as exc:  # before FairSegError, its base class

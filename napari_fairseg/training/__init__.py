@@ -3,7 +3,6 @@
 from .losses import LOSSES, per_case_loss, pseudo_label_loss
 from .objectives import OBJECTIVES, divergence_weights, make_objective
 from .trainer import (
-    CaseCache,
     TrainConfig,
     TrainResult,
     default_group_attribute,
@@ -13,6 +12,6 @@ from .trainer import (
     validate,
 )
 
-__all__ = ["LOSSES", "OBJECTIVES", "CaseCache", "TrainConfig", "default_group_attribute", "discrete_attributes",
+__all__ = ["LOSSES", "OBJECTIVES", "TrainConfig", "default_group_attribute", "discrete_attributes",
            "validate", "TrainResult", "divergence_weights", "make_objective",
            "model_config_for", "per_case_loss", "pseudo_label_loss", "train_job"]

@@ -14,7 +14,9 @@ Each objective is selected by name (:data:`OBJECTIVES`):
     neutral weight 1 (METHODS §6). Before the first validation all weights are 1.
 ``groupdro``
     Sagawa et al. 2020: group weights ``q_g ← q_g·exp(η·L_g)`` (normalised) after each batch,
-    ``L = Σ_g q_g L_g`` over the groups in the batch.
+    ``L = Σ_g q_g L_g`` over the groups in the batch. Under distributed training the group
+    losses that update ``q`` are those of the whole batch across the ranks (:attr:`Objective.reduce`),
+    so every rank keeps the same ``q``.
 ``equal-scale``
     Seed 003 §2.4: each epoch draws ``N_target`` cases per group (default: the largest group's
     size); small groups are oversampled and each extra copy is marked synthetic (the trainer
@@ -24,7 +26,7 @@ Each objective is selected by name (:data:`OBJECTIVES`):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -34,13 +36,22 @@ from ..errors import InputDataError
 from ..options import OBJECTIVES
 
 
+def _same(x):
+    return x
+
+
 class Objective:
-    """Plain ERM: mean of per-case losses, every training case once per epoch, shuffled."""
+    """Plain ERM: mean of per-case losses, every training case once per epoch, shuffled.
+
+    ``reduce`` sums a tensor of batch statistics over the training processes (the trainer sets
+    it under ``torchrun``; in one process it returns its argument).
+    """
 
     name = "none"
     needs_groups = False
 
     def __init__(self, train: pd.DataFrame, group_attribute: str | None):
+        self.reduce: Callable[[torch.Tensor], torch.Tensor] = _same
         self.train = train.reset_index(drop=True)
         self.group_attribute = group_attribute
         self.index = {cid: i for i, cid in enumerate(self.train["case_id"])}
@@ -162,9 +173,11 @@ class GroupDROObjective(Objective):
         counts = torch.zeros(n_groups, device=losses.device).index_add_(0, g_idx, torch.ones_like(losses))
         sums = torch.zeros(n_groups, device=losses.device, dtype=losses.dtype).index_add_(0, g_idx, losses)
         group_loss = sums / counts.clamp_min(1)
-        present = (counts > 0).cpu()
+        every = self.reduce(torch.stack([counts, sums.detach()]))  # over all ranks' batches
+        present = (every[0] > 0).cpu()
         with torch.no_grad():
-            self.q[present] *= torch.exp(self.eta * group_loss.detach().cpu().double()[present])
+            every_loss = (every[1] / every[0].clamp_min(1)).cpu().double()
+            self.q[present] *= torch.exp(self.eta * every_loss[present])
             self.q /= self.q.sum()
         return (self.q.to(losses.device, losses.dtype) * group_loss).sum()
 

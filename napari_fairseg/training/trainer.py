@@ -5,28 +5,36 @@ checkpoint holds the optimizer and objective state; epoch ``e`` draws its batche
 ``(seed, e)``, so a resumed run equals an uninterrupted one), cancellable between steps (the
 last completed epoch's checkpoint and log stay intact: both are written atomically), and able
 to fine-tune from a checkpoint on a grown labelled set (active learning).
+
+Cases stream from disk through a persistent cache of preprocessed cases (:mod:`.data`); the
+trainer never holds the cohort. Under ``torchrun`` it trains on several processes
+(:mod:`.distributed`). The job is a sequence of stages composed with ``yield from``:
+:func:`_set_up` (cases, model settings, objective), :func:`_load_data` (the cache),
+:func:`_build_model` (network, optimizer), then per epoch :func:`_train_epoch`,
+:func:`_validate_epoch` and :func:`_checkpoint`.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
-from ..data.arrays import load_case, load_image
+from ..data.arrays import load_image
 from ..data.atomic import write_csv_atomic
 from ..data.attributes import bin_continuous
 from ..data.manifest import Cohort
 from ..errors import FairSegError, InputDataError
-from ..inference.device import autocast, choose_device, describe
-from ..inference.domain import case_summary, cohort_geometry, spacing_unit, training_geometry
+from ..inference.device import autocast, describe
+from ..inference.domain import cohort_geometry, spacing_unit, training_geometry
 from ..inference.predict import InferenceConfig, Predictor
 from ..metrics.overlap import overlap_metrics
 from ..models.checkpoint import (
@@ -37,12 +45,16 @@ from ..models.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from ..models.networks import ModelConfig, build_network, pad_to_divisible, size_divisor
-from ..models.preprocess import label_to_target, normalise_intensity
+from ..models.networks import ModelConfig, build_network
 from ..options import TRAIN
 from ..progress import Job, Progress
+from .distributed import Distributed, session
 from .losses import LOSSES, per_case_loss, pseudo_label_loss
 from .objectives import OBJECTIVES, Objective, make_objective
+
+if TYPE_CHECKING:  # the data path imports MONAI's transforms (seconds): the stages import it when they run
+    from . import data as streams
+    from .data import Pipeline
 
 GROUP_ATTRIBUTE_PREFERENCE = ("group", "race", "sex", "gender")
 
@@ -89,6 +101,14 @@ class TrainConfig:
         Mixed precision on CUDA.
     fg_crop_prob : float
         Probability that a training crop is centred on a foreground voxel (patch training only).
+    augment : bool
+        Random flips (every axis but the first, which runs left–right), a light affine and an
+        intensity scale/shift on every training read (:func:`.data.random_transforms`).
+    workers : int
+        DataLoader worker processes that read and augment cases (0: in this process).
+    cache : str or None
+        Folder of the persistent cache of preprocessed cases (default
+        ``<cache_dir()>/preprocessed``, see :func:`~napari_fairseg.data.synthetic.cache_dir`).
     """
 
     epochs: int = TRAIN["epochs"]
@@ -110,6 +130,9 @@ class TrainConfig:
     device: str = TRAIN["device"]
     amp: bool = TRAIN["amp"]
     fg_crop_prob: float = TRAIN["fg_crop_prob"]
+    augment: bool = TRAIN["augment"]
+    workers: int = TRAIN["workers"]
+    cache: str | None = TRAIN["cache"]
 
     def __post_init__(self):
         if self.loss != "auto" and self.loss not in LOSSES:
@@ -122,28 +145,39 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if not 0 <= self.fg_crop_prob <= 1:
+            raise ValueError(f"fg_crop_prob must be in [0, 1], got {self.fg_crop_prob}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
         object.__setattr__(self, "attributes", tuple(self.attributes))
+        object.__setattr__(self, "cache", None if self.cache is None else str(self.cache))
 
     def resolved_loss(self, head: str) -> str:
         return ("bce" if head == "sigmoid" else "dicece") if self.loss == "auto" else self.loss
 
     def same_run_as(self, other: TrainConfig) -> bool:
-        """Whether two configs describe the same run, up to the number of epochs and the device."""
+        """Whether two configs describe the same run, up to the number of epochs, the device and
+        how cases are read (workers, cache folder: neither changes what is trained)."""
         a, b = asdict(self), asdict(other)
-        for k in ("epochs", "device", "amp"):
+        for k in ("epochs", "device", "amp", "workers", "cache"):
             a.pop(k), b.pop(k)
         return a == b
 
 
 @dataclass
 class TrainResult:
-    """What :func:`train_job` returns: the trained model (eval mode), its config and the log."""
+    """What :func:`train_job` returns: the trained model (eval mode), its config and the log.
+
+    ``fed`` lists, per epoch trained, the case ids this process trained on in order (under
+    ``torchrun``, this rank's share).
+    """
 
     model: nn.Module
     config: ModelConfig
     log: pd.DataFrame
     checkpoint: Path | None = None
     meta: dict = field(default_factory=dict)
+    fed: list[list[str]] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- set-up helpers
@@ -204,78 +238,6 @@ def split_train_val(cohort: Cohort, group_attribute: str | None, *, val_fraction
     return _labelled(cohort, train_ids, "training"), _labelled(cohort, list(val_ids), "validation")
 
 
-class CaseCache:
-    """Decoded, normalised cases (images, class maps and targets) held in memory, by case id.
-
-    ``summary`` keeps each case's raw geometry and intensity statistics
-    (:func:`~napari_fairseg.inference.domain.case_summary`) for the checkpoint's training record.
-    """
-
-    def __init__(self, cohort: Cohort, config: ModelConfig):
-        self.cohort, self.config = cohort, config
-        self.image: dict[str, np.ndarray] = {}
-        self.target: dict[str, np.ndarray] = {}
-        self.label: dict[str, np.ndarray] = {}
-        self.summary: dict[str, dict] = {}
-
-    def load(self, cid: str, *, with_label: bool = True) -> None:
-        case = load_case(self.cohort, cid) if with_label else load_image(self.cohort, cid)
-        if case.image.ndim - 1 != self.config.spatial_dims or case.image.shape[0] != self.config.in_channels:
-            raise InputDataError(cid, f"image shape {case.image.shape} does not fit the model "
-                                 f"({self.config.in_channels} channel(s), {self.config.spatial_dims}D)")
-        self.summary[cid] = case_summary(case.image, case.spacing)
-        self.image[cid] = normalise_intensity(case.image, self.config.intensity, source=cid)
-        if with_label:
-            self.label[cid] = case.label
-            self.target[cid] = label_to_target(case.label, self.config, source=cid)
-
-
-def _crop(image, target, patch, rng, fg_prob):
-    spatial = image.shape[1:]
-    if patch is None or all(s <= p for s, p in zip(spatial, patch, strict=True)):
-        return image, target
-    fg = None
-    if target is not None and rng.random() < fg_prob:
-        t = target[0] if target.ndim == image.ndim else target
-        idx = np.flatnonzero(t)
-        if idx.size:
-            fg = np.unravel_index(idx[rng.integers(idx.size)], spatial)
-    starts = []
-    for d, (s, p) in enumerate(zip(spatial, patch, strict=True)):
-        if s <= p:
-            starts.append(0)
-        elif fg is not None:
-            starts.append(int(np.clip(fg[d] - p // 2, 0, s - p)))
-        else:
-            starts.append(int(rng.integers(0, s - p + 1)))
-    sl = tuple(slice(st, st + p) for st, p in zip(starts, patch, strict=True))
-    img = image[(slice(None), *sl)]
-    if target is None:
-        return img, None
-    return img, target[(slice(None), *sl)] if target.ndim == image.ndim else target[sl]
-
-
-def _collate(arrays: list[np.ndarray], divisor: int, minimum, *, lead: int) -> torch.Tensor:
-    """Stack arrays ``(C, *S)`` (``lead=1``) or ``(*S)`` (``lead=0``) whose sizes may differ.
-
-    Each is zero-padded at the end to the largest size, then the batch is padded to the
-    network's divisor (and ``minimum``) by :func:`pad_to_divisible`.
-    """
-    spatial = np.max([a.shape[lead:] for a in arrays], axis=0)
-    batch = torch.from_numpy(np.stack([
-        np.pad(a, [(0, 0)] * lead + [(0, int(s) - n) for s, n in zip(spatial, a.shape[lead:], strict=True)])
-        for a in arrays]))
-    if lead == 0:
-        return pad_to_divisible(batch[:, None], divisor, minimum=minimum)[0][:, 0]
-    return pad_to_divisible(batch, divisor, minimum=minimum)[0]
-
-
-def _synthetic(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Intensity augmentation of an equal-scale extra copy (contrast, shift, noise)."""
-    return (image * rng.uniform(0.85, 1.15) + rng.normal(0, 0.1)
-            + rng.normal(0, 0.05, image.shape)).astype(np.float32)
-
-
 def _write_log(path: Path | None, rows: list[dict]) -> None:
     if path is None:
         return
@@ -291,19 +253,315 @@ def discrete_attributes(cohort: Cohort) -> pd.DataFrame:
     return pd.DataFrame({a: bin_continuous(cases[a], name=a) for a in cohort.attributes}, index=cases.index)
 
 
-def validate(predictor: Predictor, data: CaseCache, cohort: Cohort, ids: Sequence[str],
-             attributes: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Per-case validation Dice (mean over the cohort's classes) with the (discrete) case attributes."""
-    rows = []
-    for cid in ids:
-        x = torch.from_numpy(data.image[cid])[None]
+def _check_fits(image: torch.Tensor, config: ModelConfig, source) -> None:
+    """Refuse an image ``(B, C, *S)`` whose channels or dimensions the model cannot take."""
+    if image.ndim - 2 != config.spatial_dims or image.shape[1] != config.in_channels:
+        raise InputDataError(source, f"image shape {tuple(image.shape[1:])} does not fit the model "
+                             f"({config.in_channels} channel(s), {config.spatial_dims}D)")
+
+
+def _plain(t: torch.Tensor) -> torch.Tensor:
+    """A MONAI MetaTensor as a plain tensor (its metadata is not needed past the loader)."""
+    return t.as_tensor() if hasattr(t, "as_tensor") else t
+
+
+def _case_rows(predictor: Predictor, cohort: Cohort, ids: Sequence[str], pipeline: Pipeline, *, workers: int = 0,
+               cache: str | None = None) -> Iterator[dict]:
+    """Per-case validation Dice of ``ids``, one row at a time, cases streamed from the cache."""
+    from . import data as streams
+
+    cases = streams.preprocessed(cohort, ids, pipeline, cache=cache)
+    for item in streams.loader(cases, keys=range(len(cases)), workers=workers):
+        cid = item["case_id"]
+        x = _plain(item["image"])[None]
+        _check_fits(x, predictor.config, cid)
         pred = predictor.predict(x)["label"][0].cpu().numpy()
-        m = overlap_metrics(pred[None], data.label[cid][None], cohort.classes)
+        m = overlap_metrics(pred[None], np.asarray(item["label"])[0][None], cohort.classes)
         dice = {k: float(v[0]) for k, v in m.items() if k.startswith("dice_")}
-        rows.append({"case_id": cid, "dice": float(np.mean(list(dice.values()))), **dice})
+        yield {"case_id": cid, "dice": float(np.mean(list(dice.values()))), **dice}
+
+
+def _val_table(rows: list[dict], cohort: Cohort, attributes: pd.DataFrame | None) -> pd.DataFrame:
     table = pd.DataFrame(rows)
-    attrs = (discrete_attributes(cohort) if attributes is None else attributes).loc[list(ids)]
-    return table.merge(attrs.reset_index(), on="case_id", how="left") if len(table) else table
+    if not len(table):
+        return table
+    attrs = (discrete_attributes(cohort) if attributes is None else attributes).loc[table["case_id"].tolist()]
+    return table.merge(attrs.reset_index(), on="case_id", how="left")
+
+
+def validate(predictor: Predictor, cohort: Cohort, ids: Sequence[str], attributes: pd.DataFrame | None = None, *,
+             pipeline: Pipeline | None = None, workers: int = 0, cache: str | None = None) -> pd.DataFrame:
+    """Per-case validation Dice (mean over the cohort's classes) with the (discrete) case attributes.
+
+    Cases are read one at a time through ``pipeline`` (default: the predictor's, i.e. its
+    checkpoint's) and its persistent cache (see
+    :class:`TrainConfig` ``workers`` and ``cache``); the prediction is compared with the label
+    on the pipeline's grid.
+    """
+    pipeline = pipeline or predictor.pipeline
+    rows = list(_case_rows(predictor, cohort, ids, pipeline, workers=workers, cache=cache))
+    return _val_table(rows, cohort, attributes)
+
+
+# --------------------------------------------------------------------------- the job's stages
+@dataclass
+class _Run:
+    """What :func:`_set_up` decided for a run; the stages read it and add their parts."""
+
+    cohort: Cohort
+    config: TrainConfig
+    dist: Distributed
+    model_config: ModelConfig
+    pipeline: Pipeline
+    group_attribute: str | None
+    train_ids: list[str]
+    val_ids: list[str]
+    target_ids: list[str]
+    loss: str
+    objective: Objective
+    attributes: pd.DataFrame
+    init: Checkpoint | None
+    train_state: dict | None
+    start_epoch: int
+    log_rows: list[dict]
+    out: Path | None
+    log_path: Path | None
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass
+class _Data:
+    """The run's cases as datasets: nothing but items and a cache folder is held."""
+
+    train: streams.TrainingSet
+    target: streams.TrainingSet | None
+
+
+@dataclass
+class _Fit:
+    """The network being trained (``ddp`` is its distributed wrapper, or itself), its optimizer."""
+
+    model: nn.Module
+    ddp: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    predictor: Predictor
+
+
+def _resume_state(resume, config: TrainConfig) -> tuple[Checkpoint, dict, int, list[dict]]:
+    """The checkpoint, training state, first epoch and log rows of an interrupted run."""
+    ckpt = load_checkpoint(resume, with_train_state=True)
+    if ckpt.train_state is None:
+        raise InputDataError(resume, "checkpoint has no training state to resume from")
+    stored = TrainConfig(**json.loads(ckpt.meta.get("train_config", "{}")))
+    if not stored.same_run_as(config):
+        raise InputDataError(resume, "resume needs the settings of the interrupted run (only epochs and "
+                             "device may change)")
+    return ckpt, ckpt.train_state, int(ckpt.train_state["epoch"]), json.loads(ckpt.meta.get("log", "[]"))
+
+
+def _set_up(cohort: Cohort, model_config: ModelConfig | None, config: TrainConfig, dist: Distributed, *,
+            out, log_path, train_ids, val_ids, init, resume) -> _Run:
+    """Settle the run before any case is read: the model settings and pipeline (from the
+    checkpoint when resuming or fine-tuning), the cases, the loss and the fairness objective."""
+    train_state, start_epoch, log_rows = None, 0, []
+    if resume is not None:
+        init, train_state, start_epoch, log_rows = _resume_state(resume, config)
+    elif init is not None and not isinstance(init, Checkpoint):
+        init = load_checkpoint(init)
+    if init is not None:
+        check_compatible(init, cohort)
+        model_config = init.config
+    if model_config is None:
+        model_config = model_config_for(cohort)
+    group_attribute = config.group_attribute or default_group_attribute(cohort)
+    if group_attribute is not None and group_attribute not in cohort.attributes:
+        raise InputDataError(cohort.source, f"group attribute {group_attribute!r} is not an attribute of the "
+                             f"cohort (it has {cohort.attributes})")
+    tr_ids, va_ids = split_train_val(cohort, group_attribute, val_fraction=config.val_fraction, seed=config.seed,
+                                     train_ids=train_ids, val_ids=val_ids)
+    loss = config.resolved_loss(model_config.head)
+    if loss == "bce" and model_config.head != "sigmoid":
+        raise ValueError("loss 'bce' needs a sigmoid head; use 'dicece'")
+    discrete = discrete_attributes(cohort)
+    objective = make_objective(
+        config.fairness, discrete.loc[tr_ids].reset_index(), group_attribute,
+        attributes=config.attributes or tuple(cohort.attributes), alpha=config.alpha, min_support=config.min_support,
+        eta=config.dro_eta, n_target=config.equal_scale_target)
+    objective.reduce = dist.all_reduce_sum  # GroupDRO's batch statistics over all ranks
+    target_ids = []
+    if config.pseudo_label_split:
+        target_ids = cohort.cases.loc[cohort.cases["split"] == config.pseudo_label_split, "case_id"].tolist()
+        if not target_ids:
+            raise InputDataError(cohort.source, f"no cases in split {config.pseudo_label_split!r} for pseudo-labels")
+    from .data import pipeline_for, pipeline_of
+
+    pipeline = pipeline_of(init) if init is not None else pipeline_for(cohort, tr_ids, model_config=model_config)
+    out = Path(out) if out is not None else None
+    log_path = Path(log_path) if log_path is not None else (out.with_name(out.stem + ".log.csv") if out else None)
+    return _Run(cohort, config, dist, model_config, pipeline, group_attribute, tr_ids, va_ids, target_ids, loss,
+                objective, discrete, init, train_state, start_epoch, log_rows, out, log_path)
+
+
+def _load_data(run: _Run) -> Job[_Data]:
+    """Preprocess every case this run reads into the persistent cache (each rank its share;
+    cached cases are not read) and record the training cases' geometry in ``run.meta``."""
+    from . import data as streams
+
+    cfg, cohort, dist = run.config, run.cohort, run.dist
+    val = [c for c in run.val_ids if c not in set(run.train_ids)]
+    # (this rank's cases, labelled?, measure their geometry?)
+    parts = [(dist.shard(run.train_ids), True, True), (dist.shard(val), True, False),
+             (dist.shard(run.target_ids), False, False)]
+    total, done, summaries = sum(len(p[0]) for p in parts), 0, {}
+    for ids, with_label, measure in parts:
+        cases = streams.preprocessed(cohort, ids, run.pipeline, with_label=with_label, cache=cfg.cache)
+        geometry = streams.summaries(cohort, ids, cache=cfg.cache) if measure else None
+        for cid, summary in streams.warm(cases, geometry, workers=cfg.workers):
+            summaries[cid] = summary
+            done += 1
+            yield Progress("load", done, total, cid)
+    summaries = {c: s for part in dist.gather(summaries) for c, s in part.items() if s is not None}
+    dist.barrier()  # every case is in the cache before any rank trains
+    run.meta["training_geometry"] = training_geometry([summaries[c] for c in run.train_ids],
+                                                      spacing_unit=spacing_unit(cohort))
+    kw = {"augment": cfg.augment, "fg_prob": cfg.fg_crop_prob}
+    target = None
+    if run.target_ids:
+        target = streams.TrainingSet(streams.preprocessed(cohort, run.target_ids, run.pipeline, with_label=False,
+                                                          cache=cfg.cache), run.model_config, with_label=False, **kw)
+    train = streams.preprocessed(cohort, run.train_ids, run.pipeline, cache=cfg.cache)
+    return _Data(streams.TrainingSet(train, run.model_config, **kw), target)
+
+
+def _build_model(run: _Run) -> _Fit:
+    """The network (seeded, or the checkpoint's weights), wrapped for DDP, and its optimizer
+    (with its state when resuming)."""
+    cfg, device = run.config, run.dist.device
+    torch.manual_seed(cfg.seed)
+    model = run.init.build(device) if run.init is not None else build_network(run.model_config).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    if run.train_state is not None:
+        optimizer.load_state_dict(run.train_state["optimizer"])
+        run.objective.load_state_dict(run.train_state.get("objective", {}))
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.amp)
+    predictor = Predictor(model, run.model_config, InferenceConfig(device=str(device), amp=cfg.amp,
+                                                                   uncertainty="none"))
+    return _Fit(model, run.dist.wrap(model), optimizer, scaler, predictor)
+
+
+def _epoch_batches(run: _Run, epoch: int) -> tuple[list[list], list[list]]:
+    """This rank's training batches of ``epoch`` and the pseudo-label batches beside them, as
+    :data:`.data.Key` lists drawn from ``(seed, epoch)``."""
+    from .data import epoch_keys
+
+    rng = np.random.default_rng([run.config.seed, epoch])
+    index = {c: i for i, c in enumerate(run.train_ids)}
+    plan = [(index[c], synthetic) for c, synthetic in run.objective.epoch_plan(rng)]
+    keys = run.dist.share(epoch_keys(plan, rng))
+    bs = run.config.batch_size
+    batches = [keys[i:i + bs] for i in range(0, len(keys), bs)]
+    targets, n = [], len(run.target_ids)
+    rank_rng = np.random.default_rng([run.config.seed, epoch, run.dist.rank])  # each rank its own targets
+    for batch in batches if n else []:
+        picks = rank_rng.choice(n, min(len(batch), n), replace=False)
+        targets.append(epoch_keys([(int(j), False) for j in picks], rank_rng))
+    return batches, targets
+
+
+def _step_loss(run: _Run, fit: _Fit, batch: dict, target_batch: dict | None) -> tuple[torch.Tensor, float | None]:
+    """The objective's loss of one batch (plus the pseudo-label term) and the pseudo-label loss."""
+    from .data import pad_batch
+
+    cfg, mc, device = run.config, run.model_config, run.dist.device
+    ids = list(batch["case_id"])
+    x = _plain(batch["image"])
+    _check_fits(x, mc, ids[0])
+    x, y = pad_batch(x, mc), pad_batch(_plain(batch["target"]), mc)
+    y = y.float() if mc.head == "sigmoid" else y[:, 0].long()
+    xs = [x] if target_batch is None else [x, pad_batch(_plain(target_batch["image"]), mc)]
+    if len(xs) == 2 and xs[0].shape[2:] == xs[1].shape[2:]:
+        xs = [torch.cat(xs)]  # one forward pass: DDP allows one per backward
+    with autocast(device, cfg.amp):
+        logits = torch.cat([fit.ddp(t.to(device)) for t in xs])
+    loss = run.objective.combine(per_case_loss(logits[:len(ids)], y.to(device), loss=run.loss, head=mc.head), ids)
+    if target_batch is None:
+        return loss, None
+    pl, _kept = pseudo_label_loss(logits[len(ids):], head=mc.head, chi=cfg.chi)
+    return loss + cfg.pseudo_weight * pl.mean(), float(pl.detach().mean())
+
+
+def _train_epoch(run: _Run, data: _Data, fit: _Fit, epoch: int) -> Job[tuple[dict, list[str]]]:
+    """One epoch over this rank's share of the objective's plan; yields after every step and
+    returns the log row so far and the case ids fed, in order."""
+    from .data import loader
+
+    cfg = run.config
+    torch.manual_seed(cfg.seed * 100_003 + epoch)
+    batches, targets = _epoch_batches(run, epoch)
+    seed = cfg.seed * 100_003 + epoch
+    steps = loader(data.train, batches=batches, workers=cfg.workers, seed=seed)
+    beside = (loader(data.target, batches=targets, workers=cfg.workers, seed=seed + 1)
+              if targets else [None] * len(batches))
+    fit.ddp.train()
+    losses, pl_losses, fed = [], [], []
+    for s, (batch, target_batch) in enumerate(zip(steps, beside, strict=True)):
+        loss, pl = _step_loss(run, fit, batch, target_batch)
+        if not torch.isfinite(loss):
+            raise FairSegError(f"training loss became {float(loss)} at epoch {epoch + 1}, step {s + 1}; "
+                               f"the last completed epoch's checkpoint {run.out} is intact. Check the images "
+                               "for extreme values or lower the learning rate (--lr)")
+        fit.optimizer.zero_grad(set_to_none=True)
+        fit.scaler.scale(loss).backward()
+        fit.scaler.step(fit.optimizer)
+        fit.scaler.update()
+        losses.append(float(loss.detach()))
+        fed += list(batch["case_id"])
+        if pl is not None:
+            pl_losses.append(pl)
+        yield Progress("train", s + 1, len(batches), f"epoch {epoch + 1}/{cfg.epochs} loss {losses[-1]:.4f}")
+    row = {"epoch": epoch + 1, "train_loss": float(np.mean(run.dist.gather(float(np.mean(losses))))), "seconds": 0.0}
+    if pl_losses:
+        row["pseudo_loss"] = float(np.mean(run.dist.gather(float(np.mean(pl_losses)))))
+    return row, fed
+
+
+def _validate_epoch(run: _Run, fit: _Fit) -> Job[dict]:
+    """Validation Dice, per group, over every rank's cases (each rank predicts its shard and
+    the per-case rows are gathered), then the objective's update from them; returns log entries."""
+    if not run.val_ids:
+        return {}
+    cfg = run.config
+    fit.model.eval()
+    mine = run.dist.shard(run.val_ids)
+    rows = []
+    for row in _case_rows(fit.predictor, run.cohort, mine, run.pipeline, workers=cfg.workers, cache=cfg.cache):
+        rows.append(row)
+        yield Progress("validate", len(rows), len(mine), row["case_id"])
+    order = {c: i for i, c in enumerate(run.val_ids)}
+    rows = sorted((r for part in run.dist.gather(rows) for r in part), key=lambda r: order[r["case_id"]])
+    val = _val_table(rows, run.cohort, run.attributes)
+    out = {"val_dice": float(val["dice"].mean())}
+    if run.group_attribute:
+        for g, v in val.groupby(val[run.group_attribute].astype("string").fillna("unknown"))["dice"]:
+            out[f"val_dice[{g}]"] = float(v.mean())
+    out.update(run.objective.after_validation(val, "dice"))
+    yield Progress("validate", len(mine), len(mine), f"val Dice {out['val_dice']:.4f}")
+    return out
+
+
+def _checkpoint(run: _Run, fit: _Fit, row: dict) -> Job[None]:
+    """Log the epoch and (rank 0) write the checkpoint and the log, both atomically."""
+    run.log_rows.append(row)
+    run.meta.update(epoch=row["epoch"], val_dice=row.get("val_dice"), log=json.dumps(run.log_rows))
+    if run.dist.is_main:
+        if run.out is not None:
+            save_checkpoint(run.out, fit.model, run.model_config, run.meta, train_state={
+                "optimizer": fit.optimizer.state_dict(), "epoch": row["epoch"],
+                "objective": run.objective.state_dict()})
+        _write_log(run.log_path, run.log_rows)
+    msg = f"loss {row['train_loss']:.4f}" + (f" val Dice {row['val_dice']:.4f}" if "val_dice" in row else "")
+    yield Progress("epoch", row["epoch"], run.config.epochs, msg)
 
 
 # --------------------------------------------------------------------------- the job
@@ -311,7 +569,10 @@ def train_job(cohort: Cohort, model_config: ModelConfig | None = None, config: T
               out: str | Path | None = None, log_path: str | Path | None = None,
               train_ids: Sequence[str] | None = None, val_ids: Sequence[str] | None = None,
               init: Checkpoint | str | Path | None = None, resume: str | Path | None = None) -> Job[TrainResult]:
-    """Train a segmentation network on ``cohort``; yields progress per step, validation and epoch.
+    """Train a segmentation network on ``cohort``; yields progress per case loaded, step, validation and epoch.
+
+    Under ``torchrun`` every process runs this job on its share of the cases
+    (:mod:`.distributed`); only rank 0 writes ``out`` and the log.
 
     Parameters
     ----------
@@ -329,139 +590,26 @@ def train_job(cohort: Cohort, model_config: ModelConfig | None = None, config: T
         Continue an interrupted run from its checkpoint, up to ``config.epochs``.
     """
     t_start = time.perf_counter()
-    device = choose_device(config.device)
-    start_epoch, train_state, log_rows = 0, None, []
-    if resume is not None:
-        ckpt = load_checkpoint(resume, with_train_state=True)
-        if ckpt.train_state is None:
-            raise InputDataError(resume, "checkpoint has no training state to resume from")
-        stored = TrainConfig(**json.loads(ckpt.meta.get("train_config", "{}")))
-        if not stored.same_run_as(config):
-            raise InputDataError(resume, "resume needs the settings of the interrupted run (only epochs and "
-                                 "device may change)")
-        model_config, train_state = ckpt.config, ckpt.train_state
-        start_epoch = int(train_state["epoch"])
-        log_rows = json.loads(ckpt.meta.get("log", "[]"))
-        init = ckpt
-    elif init is not None and not isinstance(init, Checkpoint):
-        init = load_checkpoint(init)
-    if init is not None:
-        check_compatible(init, cohort)
-        model_config = init.config
-    if model_config is None:
-        model_config = model_config_for(cohort)
-    group_attribute = config.group_attribute or default_group_attribute(cohort)
-    if group_attribute is not None and group_attribute not in cohort.attributes:
-        raise InputDataError(cohort.source, f"group attribute {group_attribute!r} is not an attribute of the "
-                             f"cohort (it has {cohort.attributes})")
-    tr_ids, va_ids = split_train_val(cohort, group_attribute, val_fraction=config.val_fraction, seed=config.seed,
-                                     train_ids=train_ids, val_ids=val_ids)
-    loss_name = config.resolved_loss(model_config.head)
-    if loss_name == "bce" and model_config.head != "sigmoid":
-        raise ValueError("loss 'bce' needs a sigmoid head; use 'dicece'")
-    discrete = discrete_attributes(cohort)
-    train_table = discrete.loc[tr_ids].reset_index()
-    objective: Objective = make_objective(
-        config.fairness, train_table, group_attribute, attributes=config.attributes or tuple(cohort.attributes),
-        alpha=config.alpha, min_support=config.min_support, eta=config.dro_eta, n_target=config.equal_scale_target)
-    target_ids = []
-    if config.pseudo_label_split:
-        target_ids = cohort.cases.loc[cohort.cases["split"] == config.pseudo_label_split, "case_id"].tolist()
-        if not target_ids:
-            raise InputDataError(cohort.source, f"no cases in split {config.pseudo_label_split!r} for pseudo-labels")
-
-    # ---- data
-    data = CaseCache(cohort, model_config)
-    everything = [(c, True) for c in dict.fromkeys(tr_ids + va_ids)] + [(c, False) for c in target_ids]
-    for i, (cid, with_label) in enumerate(everything):
-        data.load(cid, with_label=with_label)
-        yield Progress("load", i + 1, len(everything), cid)
-
-    # ---- model and optimizer
-    torch.manual_seed(config.seed)
-    model = init.build(device) if init is not None else build_network(model_config).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    if train_state is not None:
-        optimizer.load_state_dict(train_state["optimizer"])
-        objective.load_state_dict(train_state.get("objective", {}))
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and config.amp)
-    predictor = Predictor(model, model_config, InferenceConfig(device=str(device), amp=config.amp,
-                                                               uncertainty="none"))
-    divisor, patch = size_divisor(model_config), model_config.patch_size
-    out = Path(out) if out is not None else None
-    log_path = Path(log_path) if log_path is not None else (out.with_name(out.stem + ".log.csv") if out else None)
-    meta = {"classes": cohort.classes, "cohort": cohort.name, "attributes": cohort.attributes,
-            "group_attribute": group_attribute, "device": describe(device), "loss": loss_name,
-            "train_config": json.dumps(asdict(config)), "n_train": len(tr_ids), "n_val": len(va_ids),
-            "training_geometry": training_geometry([data.summary[c] for c in tr_ids],
-                                                   spacing_unit=spacing_unit(cohort))}
-
-    for epoch in range(start_epoch, config.epochs):
-        t_epoch = time.perf_counter()
-        rng = np.random.default_rng([config.seed, epoch])
-        torch.manual_seed(config.seed * 100_003 + epoch)
-        plan = objective.epoch_plan(rng)
-        steps = [plan[i:i + config.batch_size] for i in range(0, len(plan), config.batch_size)]
-        model.train()
-        losses, pl_losses = [], []
-        for s, batch in enumerate(steps):
-            ids = [c for c, _ in batch]
-            pairs = []
-            for cid, synthetic in batch:
-                img = _synthetic(data.image[cid], rng) if synthetic else data.image[cid]
-                pairs.append(_crop(img, data.target[cid], patch, rng, config.fg_crop_prob))
-            x = _collate([p[0] for p in pairs], divisor, patch, lead=1).to(device)
-            y = _collate([p[1] for p in pairs], divisor, patch, lead=1 if model_config.head == "sigmoid" else 0)
-            y = y.to(device)
-            with autocast(device, config.amp):
-                logits = model(x)
-            loss = objective.combine(per_case_loss(logits, y, loss=loss_name, head=model_config.head), ids)
-            if target_ids:
-                tid = [target_ids[j] for j in rng.choice(len(target_ids), min(len(ids), len(target_ids)),
-                                                         replace=False)]
-                xt = _collate([_crop(data.image[c], None, patch, rng, 0)[0] for c in tid], divisor, patch, lead=1)
-                with autocast(device, config.amp):
-                    lt = model(xt.to(device))
-                pl, _kept = pseudo_label_loss(lt, head=model_config.head, chi=config.chi)
-                loss = loss + config.pseudo_weight * pl.mean()
-                pl_losses.append(float(pl.detach().mean()))
-            if not torch.isfinite(loss):
-                raise FairSegError(f"training loss became {float(loss)} at epoch {epoch + 1}, step {s + 1}; "
-                                   f"the last completed epoch's checkpoint {out} is intact. Check the images "
-                                   "for extreme values or lower the learning rate (--lr)")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            losses.append(float(loss.detach()))
-            yield Progress("train", s + 1, len(steps), f"epoch {epoch + 1}/{config.epochs} loss {losses[-1]:.4f}")
-
-        # ---- validation
-        model.eval()
-        row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "seconds": 0.0}
-        if pl_losses:
-            row["pseudo_loss"] = float(np.mean(pl_losses))
-        if va_ids:
-            val = validate(predictor, data, cohort, va_ids, discrete)
-            row["val_dice"] = float(val["dice"].mean())
-            if group_attribute:
-                for g, v in val.groupby(val[group_attribute].astype("string").fillna("unknown"))["dice"]:
-                    row[f"val_dice[{g}]"] = float(v.mean())
-            row.update(objective.after_validation(val, "dice"))
-            yield Progress("validate", len(va_ids), len(va_ids), f"val Dice {row['val_dice']:.4f}")
-        row["seconds"] = round(time.perf_counter() - t_epoch, 3)
-        log_rows.append(row)
-        meta.update(epoch=epoch + 1, val_dice=row.get("val_dice"), log=json.dumps(log_rows))
-        if out is not None:
-            save_checkpoint(out, model, model_config, meta, train_state={
-                "optimizer": optimizer.state_dict(), "epoch": epoch + 1, "objective": objective.state_dict()})
-        _write_log(log_path, log_rows)
-        msg = f"loss {row['train_loss']:.4f}" + (f" val Dice {row['val_dice']:.4f}" if "val_dice" in row else "")
-        yield Progress("epoch", epoch + 1, config.epochs, msg)
-
-    model.eval()
-    meta["seconds"] = round(time.perf_counter() - t_start, 2)
-    return TrainResult(model, model_config, pd.DataFrame(log_rows), out, meta)
+    with session(config.device) as dist:
+        run = _set_up(cohort, model_config, config, dist, out=out, log_path=log_path, train_ids=train_ids,
+                      val_ids=val_ids, init=init, resume=resume)
+        data = yield from _load_data(run)
+        fit = _build_model(run)
+        run.meta.update({"classes": cohort.classes, "cohort": cohort.name, "attributes": cohort.attributes,
+                         "group_attribute": run.group_attribute, "device": describe(dist.device), "loss": run.loss,
+                         "train_config": json.dumps(asdict(config)), "n_train": len(run.train_ids),
+                         "n_val": len(run.val_ids), "pipeline": run.pipeline.to_json(), "world_size": dist.world_size})
+        fed = []
+        for epoch in range(run.start_epoch, config.epochs):
+            t_epoch = time.perf_counter()
+            row, ids = yield from _train_epoch(run, data, fit, epoch)
+            row.update((yield from _validate_epoch(run, fit)))
+            row["seconds"] = round(time.perf_counter() - t_epoch, 3)
+            yield from _checkpoint(run, fit, row)
+            fed.append(ids)
+        fit.model.eval()
+        run.meta["seconds"] = round(time.perf_counter() - t_start, 2)
+        return TrainResult(fit.model, run.model_config, pd.DataFrame(run.log_rows), run.out, run.meta, fed)
 
 
 def record_training_geometry(src: str | Path, dst: str | Path, cohort: Cohort, *, meta: dict | None = None) -> Path:

@@ -1,0 +1,99 @@
+"""Training on two processes (gloo on the CPU), as torchrun runs it: the ranks stay identical,
+every case is trained once per epoch across them, and the gathered validation is what one
+process measures on the saved checkpoint."""
+
+import os
+import socket
+
+import pandas as pd
+import pytest
+import torch
+
+from napari_fairseg.cli import main
+from napari_fairseg.training.distributed import Distributed, launch_command
+
+from .conftest import write_toy_cohort
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank(rank, world, port, out, cohort):
+    """One torchrun process: the environment torchrun sets, then the trainer as the CLI runs it."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from napari_fairseg.progress import run_job
+    from napari_fairseg.training import TrainConfig, model_config_for, train_job
+
+    mc = model_config_for(cohort, network="unet", features=(4, 8))
+    cfg = TrainConfig(epochs=2, batch_size=2, lr=1e-2, device="cpu", fairness="groupdro", dro_eta=1.0,
+                      cache=os.path.join(out, "cache"))
+    res = run_job(train_job(cohort, mc, cfg, out=os.path.join(out, "m.pt")))
+    torch.save({"state": res.model.state_dict(), "fed": res.fed, "log": res.log.to_dict("list")},
+               os.path.join(out, f"rank{rank}.pt"))
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_train_one_model_on_every_case_once(tmp_path):
+    from napari_fairseg.inference import InferenceConfig, Predictor
+    from napari_fairseg.models import load_checkpoint
+    from napari_fairseg.training import validate
+    from napari_fairseg.training.data import pipeline_of
+
+    toy = write_toy_cohort(tmp_path / "toy", n_major=6, n_minor=2, val=(3, 2))
+    torch.multiprocessing.spawn(_rank, args=(2, _free_port(), str(tmp_path), toy), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    # DDP: one model, bit for bit, on both ranks; GroupDRO's q (in the log) is the same too
+    assert all(torch.equal(v, ranks[1]["state"][k]) for k, v in ranks[0]["state"].items())
+    assert ranks[0]["log"].keys() == ranks[1]["log"].keys() and "q[minor]" in ranks[0]["log"]
+    for k, v in ranks[0]["log"].items():
+        if k != "seconds":
+            assert v == ranks[1]["log"][k], k
+    # every training case once per epoch, half on each rank (8 cases: no wrap-around padding)
+    train = sorted(toy.cases.query("split == 'train'")["case_id"])
+    for epoch in range(2):
+        fed = [r["fed"][epoch] for r in ranks]
+        assert len(fed[0]) == len(fed[1]) == 4 and sorted(fed[0] + fed[1]) == train
+    # only rank 0 wrote: one checkpoint, one log, with rank 0's weights
+    assert sorted(p.name for p in tmp_path.glob("m*")) == ["m.log.csv", "m.pt"]
+    ckpt = load_checkpoint(tmp_path / "m.pt")
+    assert all(torch.equal(v, ranks[0]["state"][k]) for k, v in ckpt.state_dict.items())
+    assert ckpt.meta["world_size"] == 2
+    # the validation each rank logged covers both ranks' cases: one process on the checkpoint agrees
+    val_ids = toy.cases.query("split == 'val'")["case_id"].tolist()
+    table = validate(Predictor.from_checkpoint(ckpt, InferenceConfig(device="cpu")), toy, val_ids,
+                     pipeline=pipeline_of(ckpt), cache=tmp_path / "cache")
+    log = pd.read_csv(tmp_path / "m.log.csv").iloc[-1]
+    assert log["val_dice"] == pytest.approx(table["dice"].mean(), abs=1e-9)
+    for g in ("major", "minor"):
+        assert log[f"val_dice[{g}]"] == pytest.approx(table.loc[table["group"] == g, "dice"].mean(), abs=1e-9)
+
+
+def test_each_rank_takes_an_equal_share_wrapping_around():
+    items = list("abcde")
+    shares = [Distributed(rank=r, world_size=2).share(items) for r in (0, 1)]
+    assert shares == [["a", "c", "e"], ["b", "d", "a"]]  # 'a' twice: equal step counts on both ranks
+    assert [Distributed(rank=r, world_size=2).shard(items) for r in (0, 1)] == [["a", "c", "e"], ["b", "d"]]
+    assert Distributed().share(items) == items and Distributed().gather(3) == [3]
+
+
+def test_train_nproc_relaunches_through_torchrun(tmp_path, capsys, monkeypatch):
+    cmd = launch_command(2, ["--quiet", "train", "c.csv", "--nproc", "2", "--out", "m.pt", "--nproc=2"])
+    assert cmd[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                       "-m", "napari_fairseg.cli", "--quiet", "train", "c.csv", "--out", "m.pt"]
+    toy = write_toy_cohort(tmp_path / "toy", n_major=2, n_minor=1, val=(1, 1))
+    manifest = tmp_path / "toy.csv"
+    toy.cases.to_csv(manifest, index=False)
+    assert main(["train", str(manifest), "--out", str(tmp_path / "m.pt"), "--nproc", "0"]) == 2
+    assert "--nproc must be 1 or more, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "m.pt").exists()
+    for k, v in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                 "MASTER_PORT": "1"}.items():
+        monkeypatch.setenv(k, v)  # already under torchrun: no second launch
+    assert main(["train", str(manifest), "--out", str(tmp_path / "m.pt"), "--nproc", "2"]) == 2
+    assert "under torchrun leave it out" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.pt"))
