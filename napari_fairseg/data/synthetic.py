@@ -303,7 +303,7 @@ BREAST_CASES = 8
 TISSUE = {  # name: (pre, phase-1 enhancement, phase-2 enhancement)
     "air": (0.0, 0.0, 0.0), "skin": (0.40, 0.04, 0.06), "fat": (0.20, 0.01, 0.015),
     "muscle": (0.33, 0.06, 0.10), "lung": (0.05, 0.0, 0.0), "mediastinum": (0.25, 0.05, 0.08),
-    "heart": (0.35, 0.55, 0.40),
+    "heart": (0.22, 0.60, 0.45),
 }
 FGT_PRE, LESION_PRE, NOISE_SIGMA = 0.45, 0.42, 0.015
 
@@ -387,6 +387,13 @@ def _ellipsoid(grid, centre, radii):
     return np.sqrt(sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii, strict=True)))
 
 
+def _breast_radius(grid, centre, radii):
+    """Normalised radius of a breast: an ellipsoid from the chest wall (``centre``) forward
+    (+y), narrowing by up to 35 % towards the nipple."""
+    taper = 1 - 0.35 * np.clip((grid[1] - centre[1]) / radii[1], 0, 1)
+    return _ellipsoid(grid, centre, (radii[0] * taper, radii[1], radii[2] * taper))
+
+
 def breast_case(rng: np.random.Generator, *, shape=BREAST_SHAPE, density: str = "b"
                 ) -> tuple[np.ndarray, np.ndarray, tuple[slice, slice, slice], dict]:
     """One breast DCE-MRI case on a RAS grid (the module docstring describes the scene).
@@ -419,7 +426,8 @@ def breast_case(rng: np.random.Generator, *, shape=BREAST_SHAPE, density: str = 
     base = np.zeros((3, *shape[:2]), np.float32)  # (pre, e1, e2) of the axial slice
     for name, start in (("skin", 0.0), ("fat", 2.0), ("muscle", 10.0), ("lung", rng.uniform(22, 28))):
         base += _soft(depth - start, vox) * (np.asarray(TISSUE[name], np.float32)[:, None, None] - base)
-    mediastinum = _soft(40.0 - np.abs(x[:, None] + 10), vox) * _soft(depth - 45.0, vox)
+    mediastinum = _soft((1 - np.sqrt(((x[:, None] + 10) / 45) ** 2 + ((y[None, :] - yc) / (0.75 * ay)) ** 2)) * 45,
+                        vox) * _soft(depth - 30.0, vox)
     base += mediastinum * (np.asarray(TISSUE["mediastinum"], np.float32)[:, None, None] - base)
     regions = []  # (box, weight, (pre, e1, e2)): blended, in order, over what lies beneath
 
@@ -444,7 +452,7 @@ def breast_case(rng: np.random.Generator, *, shape=BREAST_SHAPE, density: str = 
                           min(rng.uniform(45, 62) * size * asym, 0.5 * NOMINAL_FOV[2] - 12)])
         centre = np.array([xb, ysurf, rng.uniform(-8, 8)])
         sl = scene.box(centre - radii, centre + radii)
-        rho = _ellipsoid(scene.grid(sl), centre, radii)
+        rho = _breast_radius(scene.grid(sl), centre, radii)
         front = -depth[sl[:2]][..., None]  # mm in front of the thorax surface
         w = _soft((1 - rho) * radii.min(), vox) * _soft(front, vox)
         ext = [(s.stop - s.start) * f / n for s, n, f in zip(sl, shape, NOMINAL_FOV, strict=True)]
@@ -479,7 +487,7 @@ def breast_case(rng: np.random.Generator, *, shape=BREAST_SHAPE, density: str = 
     bumps = sum(rng.uniform(0.05, 0.14) * np.cos(np.tensordot(rng.normal(0, 2.0, 3), unit, axes=(0, 0))
                                                    + rng.uniform(0, 2 * np.pi)) for _ in range(4))
     r_eff = dist / (1 + bumps)
-    in_breast = (_soft((1 - _ellipsoid(grid, centre, radii)) * radii.min(), vox)
+    in_breast = (_soft((1 - _breast_radius(grid, centre, radii)) * radii.min(), vox)
                  * _soft(-depth[sl[:2]][..., None], vox))
     enhancement = float(max(LESION_ENHANCEMENT[density] + rng.normal(0, 0.04), 0.05))
     washout = float(rng.uniform(0.85, 1.1))
