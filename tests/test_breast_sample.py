@@ -20,9 +20,11 @@ from napari_fairseg.data.synthetic import (
     BREAST_SITES,
     FGT_FRACTION,
     LESION_ENHANCEMENT,
+    SAMPLE_FOLDERS,
     breast_case,
     breast_cohort_job,
     make_sample,
+    sample_cohort,
 )
 from napari_fairseg.errors import InputDataError
 
@@ -199,6 +201,16 @@ def test_fairseg_sample_breast_writes_a_cohort_the_reader_opens(tmp_path, capsys
     assert "options of the breast sample" in capsys.readouterr().err and not (tmp_path / "b").exists()
     assert main(["--quiet", "sample", "breast", "--out", str(tmp_path / "x"), "--shape", "24,24"]) == 2
     assert "shape must be three sizes" in capsys.readouterr().err
+
+
+def test_sample_cohort_breast_opens_the_cached_sample_without_regenerating_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("FAIRSEG_CACHE", str(tmp_path))
+    where = tmp_path / SAMPLE_FOLDERS["breast"]
+    make_sample("breast", where, n_cases=2, seed=0, shape=(16, 16, 6))  # a stand-in for the full-size sample
+    before = _files(where)
+    cohort = sample_cohort("breast")
+    assert cohort.kind == "mamamia" and Path(cohort.source) == where and len(cohort) == 2
+    assert _files(where) == before
 
 
 def test_fairseg_audit_reports_the_mamamia_scores_of_predictions_on_the_sample(breast, tmp_path, capsys):
