@@ -18,7 +18,11 @@ sample's real size (448×448×120, ~1,500 cases in MAMA-MIA) where there is time
 
     .venv/bin/python benchmarks/bench_breast.py                      # small: 24 cases of 96×96×32
     .venv/bin/python benchmarks/bench_breast.py --cases 120 --shape 448,448,120 --patch 128,128,64 \\
-        --epochs 100 --device cuda
+        --batch-size 2 --lr 1e-3 --epochs 100 --device cuda
+
+At the small default (light U-Net, 32×32×16 patches, batch 8) the network finds the lesions
+only after about 50 epochs (validation Dice 0 before, ~0.5 at 60): fewer epochs give an
+all-empty prediction, Dice 0 for both objectives.
 """
 
 from __future__ import annotations
@@ -108,12 +112,12 @@ def main():
     ap.add_argument("--shape", type=ints, default=(96, 96, 32), help="voxels X,Y,Z (default 96,96,32)")
     ap.add_argument("--spacing", type=floats, default=None,
                     help="mm along X,Y,Z (default: the real 314×314×180 mm field of view over --shape)")
-    ap.add_argument("--patch", type=ints, default=(64, 64, 32), help="training patch (default 64,64,32)")
+    ap.add_argument("--patch", type=ints, default=(32, 32, 16), help="training patch (default 32,32,16)")
     ap.add_argument("--network", default="light_unet")
     ap.add_argument("--features", type=ints, default=None, help="feature widths, e.g. 8,16")
-    ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--batch-size", type=int, default=2)
-    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--epochs", type=int, default=80)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=1e-2)
     ap.add_argument("--min-support", type=float, default=0.1, help="DivExplorer minimum support")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
