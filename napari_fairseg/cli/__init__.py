@@ -64,6 +64,9 @@ def _print_headline(audit) -> None:
             if mc.startswith("dice_"):
                 print(f"{_shown(a):>22} {_shown(mc):<16} overall {_num(e['overall'])}  Δ {_num(e['delta'])}  "
                       f"ES {_num(e['es'])}  worst group {_shown(e['worst_group'])}")
+    for name, mm in s.get("mamamia", {}).items():
+        print(f"{'MAMA-MIA':>22} {_shown(name):<16} PS {_num(mm['performance'])}  FS {_num(mm['fairness'])}  "
+              f"TS {_num(mm['total'])}")
 
 
 def _num(v) -> str:
@@ -158,19 +161,32 @@ def _sample_dir(kind: str, seed: int, cases: int | None, bias: str) -> Path:
     return cache_dir() / f"{kind}-{bias if kind == 'brain' else 'fairseg'}-seed{seed}-n{cases or 'default'}"
 
 
-def _make_sample(kind, out, *, cases, seed, bias, quiet):
-    from ..data.synthetic import brain_cohort_job, fundus_cohort_job
+def _make_sample(kind, out, *, cases, seed, bias, quiet, shape=None, spacing=None):
+    from ..data.synthetic import brain_cohort_job, breast_cohort_job, fundus_cohort_job
 
     kwargs = {"seed": seed}
     if cases:
         kwargs["n_cases"] = cases
     if kind == "brain":
         return run_with_bar(brain_cohort_job(out, bias=bias, **kwargs), quiet)
+    if kind == "breast":
+        kwargs.update({k: v for k, v in (("shape", shape), ("spacing", spacing)) if v})
+        return run_with_bar(breast_cohort_job(out, **kwargs), quiet)
     return run_with_bar(fundus_cohort_job(out, **kwargs), quiet)
 
 
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(t) for t in text.replace("x", ",").split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
+
+
 def _cmd_sample(args) -> int:
-    cohort = _make_sample(args.kind, args.out, cases=args.cases, seed=args.seed, bias=args.bias, quiet=args.quiet)
+    if (args.shape or args.spacing) and args.kind != "breast":
+        raise ValueError("--shape and --spacing are options of the breast sample")
+    cohort = _make_sample(args.kind, args.out, cases=args.cases, seed=args.seed, bias=args.bias, quiet=args.quiet,
+                          shape=args.shape, spacing=args.spacing)
     where = Path(args.out) / "manifest.csv" if args.kind == "brain" else Path(args.out)
     print(f"wrote {len(cohort)} {args.kind} cases; open with: fairseg audit {where} ...")
     return 0
@@ -305,11 +321,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=_cmd_predict)
 
     s = sub.add_parser("sample", help="write a synthetic sample cohort")
-    s.add_argument("kind", choices=["brain", "fundus"])
+    s.add_argument("kind", choices=["brain", "fundus", "breast"])
     s.add_argument("--out", required=True)
-    s.add_argument("--cases", type=int, help="number of cases (default 24 brain, 60 fundus)")
+    s.add_argument("--cases", type=int, help="number of cases (default 24 brain, 60 fundus, 8 breast)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--bias", choices=["strong", "weak"], default="strong", help="brain Group 1 deformation")
+    s.add_argument("--shape", type=parse_ints, help="breast: voxels X,Y,Z of the RAS grid (default 448,448,120)")
+    s.add_argument("--spacing", type=_floats, help="breast: voxel size in mm along X,Y,Z (default 0.7,0.7,1.5)")
     s.set_defaults(func=_cmd_sample)
 
     d = sub.add_parser("demo", help="predict a sample cohort's test split with the bundled network and audit it")

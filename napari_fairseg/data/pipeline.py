@@ -74,6 +74,7 @@ from .arrays import CaseData, check_voxels, load_case, load_image
 from .intensity import match_channels, normalise_channels
 from .kinds import kind_of
 from .manifest import KEY_SEP, Cohort, split_channels
+from .readers import read_breast_box
 
 #: Version of the JSON written by :meth:`Pipeline.to_json`.
 PIPELINE_VERSION = 1
@@ -84,10 +85,8 @@ STATISTICS = ("foreground", "image")
 SPACING_RANGE = (0.05, 50.0)
 #: Largest 2D target size per axis, in pixels.
 MAX_SIZE = 8192
-#: Cohort kinds whose images are volumes with a physical affine.
 #: Where a MAMA-MIA case's breast box lives, relative to the dataset folder.
 PATIENT_INFO = "patient_info_files"
-BOX_KEYS = ("x_min", "x_max", "y_min", "y_max", "z_min", "z_max")
 _AXES = (("L", "R"), ("P", "A"), ("I", "S"))
 
 
@@ -411,36 +410,22 @@ def box_path(cohort: Cohort, case_id: str) -> Path:
 def breast_box(cohort: Cohort, case_id: str, shape: Sequence[int]) -> tuple[list[int], list[int]]:
     """The MAMA-MIA breast box of a case as ``(start, end)`` voxel indices of the stored image.
 
-    In our (nibabel) axis order, end exclusive and clipped to ``shape`` (see the module notes
-    for the JSON's ``(z, y, x)`` order).
+    In our (nibabel) axis order, end exclusive (read by
+    :func:`~napari_fairseg.data.readers.read_breast_box`; see the module notes for the JSON's
+    ``(z, y, x)`` order).
 
     Raises
     ------
     InputDataError
         No patient-info file, no ``primary_lesion.breast_coordinates``, values that are not
-        whole numbers, or a box that misses the image.
+        whole numbers, or a box that is empty or reaches outside the image.
     """
     path = box_path(cohort, case_id)
     if not path.is_file():
         raise InputDataError(path, f"no patient-info file with the breast box of case {case_id!r}; "
                              "train with crop='foreground' if the dataset has none")
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InputDataError(path, f"not a readable JSON file ({exc})") from exc
-    box = info.get("primary_lesion", {}).get("breast_coordinates") if isinstance(info, dict) else None
-    if not isinstance(box, dict) or not all(k in box for k in BOX_KEYS):
-        raise InputDataError(path, f"no primary_lesion.breast_coordinates with {', '.join(BOX_KEYS)}")
-    try:
-        v = {k: int(box[k]) if isinstance(box[k], float) and box[k].is_integer() else _whole(box[k], k)
-             for k in BOX_KEYS}
-    except ValueError as exc:
-        raise InputDataError(path, str(exc)) from exc
-    start = [max(v["z_min"], 0), max(v["y_min"], 0), max(v["x_min"], 0)]
-    end = [min(v["z_max"], shape[0]), min(v["y_max"], shape[1]), min(v["x_max"], shape[2])]
-    if any(e <= s for s, e in zip(start, end, strict=True)):
-        raise InputDataError(path, f"breast box {dict(box)} lies outside the image of shape {tuple(shape)}")
-    return start, end
+    box = read_breast_box(path, shape=tuple(shape))
+    return [sl.start for sl in box], [sl.stop for sl in box]
 
 
 def foreground_box(image: np.ndarray) -> tuple[list[int], list[int]] | None:

@@ -329,3 +329,69 @@ def _read_mamamia(root: Path, phases, metadata, classes, *, kind: str) -> Cohort
     else:
         notes.append(f"no clinical table found at {meta_path}: attributes unknown")
     return Cohort(cases, kind, classes or {}, root.name, notes, root)
+
+
+#: Keys of MAMA-MIA's ``primary_lesion.breast_coordinates``.
+BREAST_BOX_KEYS = ("x_min", "x_max", "y_min", "y_max", "z_min", "z_max")
+
+
+def breast_info_path(cohort: Cohort, case_id: str) -> Path:
+    """Where a MAMA-MIA case's ``patient_info_files/<pid>.json`` lives (file names are lower-case)."""
+    if cohort.source is None:
+        raise InputDataError(None, f"cohort {cohort.name!r} has no source folder to find patient info files in")
+    root = Path(cohort.source)
+    return (root.parent if root.is_file() else root) / "patient_info_files" / f"{case_id.lower()}.json"
+
+
+def read_breast_box(path: str | Path, *, shape: tuple[int, ...] | None = None) -> tuple[slice, slice, slice]:
+    """The breast bounding box of a MAMA-MIA patient info file, as slices of the case's NIfTI
+    array in nibabel's axis order: ``data[read_breast_box(path)]`` is the breast region.
+
+    ``primary_lesion.breast_coordinates`` holds ``x_min`` … ``z_max`` as indices of the array
+    SimpleITK reads (``GetArrayFromImage(img)[x_min:x_max, y_min:y_max, z_min:z_max]``, as the
+    MAMA-MIA challenge's own scripts slice it), whose axes are nibabel's reversed; so the box
+    is ``data[z_min:z_max, y_min:y_max, x_min:x_max]``, min inclusive, max exclusive.
+
+    Parameters
+    ----------
+    path : str or Path
+        ``patient_info_files/<pid>.json``.
+    shape : tuple of int, optional
+        The case's array shape; the box must lie inside it.
+
+    Raises
+    ------
+    InputDataError
+        The file is missing or not JSON, lacks a coordinate, holds a non-integer, an empty
+        range or one outside ``shape``.
+    """
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputDataError(path, "patient info file does not exist")
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputDataError(path, f"not a readable JSON file ({exc})") from exc
+    coords = info.get("primary_lesion", {}).get("breast_coordinates") if isinstance(info, dict) else None
+    if not isinstance(coords, dict) or not coords:
+        raise InputDataError(path, "no primary_lesion.breast_coordinates in the patient info file")
+    missing = [k for k in BREAST_BOX_KEYS if k not in coords]
+    if missing:
+        raise InputDataError(path, f"breast_coordinates lacks {missing}")
+    values = {}
+    for k in BREAST_BOX_KEYS:
+        v = coords[k]
+        if isinstance(v, bool) or not isinstance(v, int | float) or (isinstance(v, float) and not v.is_integer()):
+            raise InputDataError(path, f"breast_coordinates {k} is {v!r}, not a whole number")
+        values[k] = int(v)
+    box = []
+    for axis, name in enumerate("zyx"):
+        lo, hi = values[f"{name}_min"], values[f"{name}_max"]
+        if not 0 <= lo < hi or (shape is not None and hi > shape[axis]):
+            size = f" (array axis {axis} has {shape[axis]} voxels)" if shape is not None else ""
+            raise InputDataError(path, f"breast_coordinates {name}_min..{name}_max = {lo}..{hi} is not a "
+                                 f"range inside the image{size}")
+        box.append(slice(lo, hi))
+    return tuple(box)
