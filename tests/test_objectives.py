@@ -197,3 +197,114 @@ def test_groupdro_reports_q_per_group_by_name():
     obj = make_objective("groupdro", _table(["A", "A", "B"]), "group", eta=0.5)
     logged = obj.after_validation(pd.DataFrame(), "dice")
     assert set(logged) == {"q[A]", "q[B]"} and sum(logged.values()) == pytest.approx(1.0)
+
+
+# ---- fast unit tests of the objectives' arithmetic against hand computations
+
+
+def test_plain_objective_sees_every_case_once_unmarked_whatever_the_table_index():
+    # the trainer's table comes from ``discrete.loc[ids].reset_index()``; a cohort may well have an
+    # attribute column called "index" and a non-default row index
+    train = pd.DataFrame({"case_id": ["a", "b", "c"], "index": [7, 8, 9], "group": ["A", "B", "B"]},
+                         index=[10, 20, 30])
+    obj = make_objective("none", train, "group")
+    assert list(obj.train.columns) == ["case_id", "index", "group"]
+    plan = obj.epoch_plan(np.random.default_rng(0))
+    assert sorted(c for c, _ in plan) == ["a", "b", "c"]
+    assert not any(s for _, s in plan)  # plain training augments nothing
+    assert float(obj.combine(torch.tensor([1.0, 2.0, 6.0]), ["a", "b", "c"])) == pytest.approx(3.0)
+
+
+def test_missing_group_values_form_the_unknown_group():
+    train = pd.DataFrame({"case_id": ["c0", "c1", "c2", "c3"], "group": ["A", None, "B", np.nan]})
+    obj = make_objective("groupdro", train, "group", eta=0.5)
+    assert obj.names == ["A", "B", "unknown"]
+    assert obj.groups_of(["c3", "c0", "c1"]) == ["unknown", "A", "unknown"]
+    # ... and the divergence weights match a training case with a missing value to the validation
+    # subgroup "group=unknown" (the validation case with Dice 0.1)
+    val = pd.DataFrame({"group": ["A"] * 10 + ["B"] * 9 + [None], "dice": [0.9] * 10 + [0.8] * 9 + [0.1]})
+    w = divergence_weights(val, train, "dice", ["group"], normalise=False)
+    overall = val["dice"].mean()
+    np.testing.assert_allclose(w, [0.9 - overall, abs(0.1 - overall), abs(0.8 - overall), abs(0.1 - overall)])
+
+
+def test_divergence_weights_respect_min_support_and_default_to_5_percent():
+    # C has 1 of 20 validation cases: support 0.05, a subgroup at the default minimum support only
+    val = pd.DataFrame({"group": ["A"] * 10 + ["B"] * 9 + ["C"], "dice": [0.9] * 10 + [0.8] * 9 + [0.1]})
+    train = _table(["A", "B", "C"])
+    overall = (0.9 * 10 + 0.8 * 9 + 0.1) / 20
+    div = [0.9 - overall, abs(0.8 - overall), abs(0.1 - overall)]
+    np.testing.assert_allclose(divergence_weights(val, train, "dice", ["group"], normalise=False), div)
+    np.testing.assert_allclose(divergence_weights(val, train, "dice", ["group"], min_support=0.1, normalise=False),
+                               [*div[:2], 1.0])  # C is below the support: neutral weight
+    # the objective passes its own min_support through to DivExplorer
+    obj = make_objective("divergence", train, "group", attributes=["group"], min_support=0.1)
+    obj.after_validation(val, "dice")
+    np.testing.assert_allclose(obj.weights, [div[0] / np.mean(div[:2]), div[1] / np.mean(div[:2]), 1.0])
+
+
+def test_constant_validation_dice_gives_neutral_weights():
+    # every subgroup's divergence is 0 up to rounding (0.7 is not exact in binary): no case may be
+    # up- or down-weighted by that noise
+    val = pd.DataFrame({"group": ["A"] * 6 + ["B"] * 2, "site": ["a", "b"] * 4, "dice": [0.7] * 8})
+    train = _table(["A", "B", "A"], sites=["a", "b", "b"])
+    np.testing.assert_array_equal(divergence_weights(val, train, "dice", ["group", "site"]), [1.0, 1.0, 1.0])
+
+
+def test_divergence_combine_keeps_the_losses_dtype_and_device():
+    obj = make_objective("divergence", _table(["A", "A", "B"]), "group", attributes=["group"], alpha=0.5)
+    obj.weights = np.array([1.0, 1.0, 3.0])
+    out = obj.combine(torch.tensor([1.0, 2.0, 4.0]), ["c2", "c0", "c1"])
+    assert out.dtype == torch.float32  # float64 weights must not promote a float32 loss
+    assert float(out) == pytest.approx(0.5 * 7 / 3 + 0.5 * (3 * 1 + 2 + 4) / 3)
+    # on another device (meta stands in for an accelerator) the weights follow the losses there
+    assert obj.combine(torch.ones(3, device="meta"), ["c0", "c1", "c2"]).device.type == "meta"
+
+
+def test_groupdro_q_update_by_hand_in_double_precision():
+    obj = make_objective("groupdro", _table(["A", "B", "B", "C"]), "group")  # default eta 0.01
+    assert obj.q.dtype == torch.float64
+    losses = torch.tensor([1.0, 2.0, 4.0], dtype=torch.float64)
+    out = obj.combine(losses, ["c0", "c1", "c2"])  # C is not in the batch: its exponent is 0
+    e = np.exp(0.01 * np.array([1.0, 3.0, 0.0]))
+    q = e / e.sum()
+    np.testing.assert_allclose(obj.q.numpy(), q, rtol=1e-13)
+    assert out.dtype == torch.float64 and float(out) == pytest.approx(q[0] * 1 + q[1] * 3, rel=1e-13)
+    out32 = obj.combine(torch.tensor([1.0, 2.0, 4.0]), ["c0", "c1", "c2"])
+    assert out32.dtype == torch.float32  # float64 q must not promote a float32 loss
+    assert obj.state_dict()["q"].dtype == torch.float64
+
+
+def test_groupdro_refuses_a_zero_step():
+    for eta in (0.0, -0.1):
+        with pytest.raises(ValueError, match="eta"):
+            make_objective("groupdro", _table(["A", "B"]), "group", eta=eta)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_equal_scale_subsamples_without_repeats(seed):
+    train = _table(["A"] * 7 + ["B"] * 2)
+    plan = make_objective("equal-scale", train, "group", n_target=6).epoch_plan(np.random.default_rng(seed))
+    big = [c for c, s in plan if c in {f"c{i}" for i in range(7)}]
+    assert len(big) == 6 and len(set(big)) == 6  # 6 distinct of the 7, none marked synthetic
+    assert not any(s for c, s in plan if c in big)
+    small = [(c, s) for c, s in plan if c in {"c7", "c8"}]
+    assert sorted(c for c, s in small if not s) == ["c7", "c8"] and sum(s for _, s in small) == 4
+
+
+def test_equal_scale_target_of_one_case_per_group():
+    obj = make_objective("equal-scale", _table(["A"] * 3 + ["B"] * 2), "group", n_target=1)
+    plan = obj.epoch_plan(np.random.default_rng(0))
+    assert sorted(obj.groups_of([c for c, _ in plan])) == ["A", "B"] and not any(s for _, s in plan)
+    with pytest.raises(ValueError, match="equal-scale target"):
+        make_objective("equal-scale", _table(["A", "B"]), "group", n_target=-1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_objectives_combine_on_cuda():
+    obj = make_objective("groupdro", _table(["A", "B", "B"]), "group", eta=0.5)
+    out = obj.combine(torch.tensor([1.0, 2.0, 4.0], device="cuda"), ["c0", "c1", "c2"])
+    e = np.exp(0.5 * np.array([1.0, 3.0]))
+    assert out.device.type == "cuda" and float(out) == pytest.approx(float(e @ [1.0, 3.0] / e.sum()), rel=1e-5)
+    div = make_objective("divergence", _table(["A", "B", "B"]), "group", attributes=["group"])
+    assert div.combine(torch.ones(3, device="cuda"), ["c0", "c1", "c2"]).device.type == "cuda"

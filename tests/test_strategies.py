@@ -158,3 +158,138 @@ def test_every_strategy_returns_a_batch_of_distinct_pool_cases():
         pick = s.select(s.score(pool, ctx), 3, ctx)
         assert len(pick) == len(set(pick)) == 3 and set(pick) <= set(pool["case_id"]), name
         assert not math.isnan(s.score(pool, ctx)["score"].sum()), name
+
+
+def test_documented_defaults_of_make_strategy():
+    s = make_strategy("fair-ap")
+    assert (s.n_candidates, s.lam) == (200, 0.5)
+    # the default seed is 0: a run without a seed repeats seed 0's random picks
+    pool = _pool()
+    default, zero = make_strategy("random"), make_strategy("random", seed=0)
+    assert default.score(pool)["score"].tolist() == zero.score(pool)["score"].tolist()
+
+
+def test_wle_weights_stay_finite_for_an_extreme_outlier_group():
+    # one G1 case at Dice 0 among n − 1 G2 cases at Dice 1: z_G1 = sqrt(n − 1), z_G2 = −1/sqrt(n − 1)
+    # (by hand); with n = 130 001, exp(z_G1) alone is ~1e156 and exp(2·z_G1) overflows a double
+    n = 130_001
+    lab = pd.DataFrame({"group": ["G1"] + ["G2"] * (n - 1), "dice": [0.0] + [1.0] * (n - 1)})
+    w = wle_group_weights(lab, ["G1", "G2"])
+    gap = math.sqrt(n - 1) + 1 / math.sqrt(n - 1)
+    assert w["G2"] == pytest.approx(math.exp(-gap) / (1 + math.exp(-gap)), rel=1e-6, abs=0)
+    assert w["G1"] == pytest.approx(1.0)
+
+
+def test_wle_weights_ignore_other_missing_columns_of_the_labelled_table():
+    # validate() tables carry e.g. HD95, NaN for an empty prediction: that case's Dice still counts
+    lab = pd.DataFrame({"group": ["G1", "G1", "G2", "G2"], "dice": [0.5, 0.7, 0.9, 0.9],
+                        "hd95": [np.nan, 3.0, 2.0, 1.0]})
+    mean, sd = 0.75, np.std([0.5, 0.7, 0.9, 0.9])
+    e = np.exp([(mean - 0.6) / sd, (mean - 0.9) / sd])
+    w = wle_group_weights(lab, ["G1", "G2"])
+    np.testing.assert_allclose([w["G1"], w["G2"]], e / e.sum())
+
+
+def test_scored_table_columns_for_non_string_groups_and_neutral_weights():
+    pool = _pool().assign(group=[1, 1, 1, 2, 2, 2])  # e.g. a numeric site code
+    loc = make_strategy("localized")
+    scored = loc.score(pool)
+    assert scored["group"].tolist() == ["1"] * 3 + ["2"] * 3
+    assert scored["group_weight"].tolist() == [1.0] * 6  # only WLE weights groups
+    assert scored["score"].dtype == np.float64
+    lab = pd.DataFrame({"group": [1, 1, 2, 2], "dice": [0.5, 0.7, 0.9, 0.9]})
+    wle = make_strategy("wle").score(pool, Context(labelled_dice=lab))
+    w = wle_group_weights(lab.assign(group=lab["group"].astype(str)), ["1", "2"])
+    assert wle["group_weight"].tolist() == [w["1"]] * 3 + [w["2"]] * 3
+    # a score column read back as text (object dtype) is still ranked as numbers
+    text = pool.assign(masked_entropy=pool["masked_entropy"].astype(str).astype(object))
+    assert loc.score(text)["score"].dtype == np.float64
+
+
+def test_ties_go_to_the_smaller_case_id_and_a_batch_of_one_is_allowed():
+    pool = _pool().assign(masked_entropy=0.3)
+    loc = make_strategy("localized")
+    assert loc.select(loc.score(pool), 2) == ["a", "b"]
+    assert loc.select(loc.score(_pool()), 1) == ["a"]
+    with pytest.raises(ValueError, match="batch must be >= 1"):
+        loc.select(loc.score(_pool()), 0)
+
+
+@pytest.mark.parametrize("name", ["localized", "wle"])
+def test_missing_pool_score_error_names_the_strategy(name):
+    s = make_strategy(name)
+    with pytest.raises(ValueError, match=f"strategy '{name}' needs the pool score 'masked_entropy'"):
+        s.score(_pool().drop(columns="masked_entropy"))
+
+
+def test_random_scores_differ_per_case_and_only_fair_base_is_random():
+    pool = _pool()
+    for name in ("random", "fair-base"):
+        score = make_strategy(name).score(pool)["score"]
+        assert score.nunique() == len(pool) and score.between(0, 1).all(), name
+    for name in ("fair-attr", "fair-poly", "fair-ap"):  # they rank in select; the score column stays 0
+        assert make_strategy(name).score(pool)["score"].tolist() == [0.0] * len(pool), name
+    assert not make_strategy("fair-base").needs_embeddings
+    assert all(make_strategy(n).needs_embeddings for n in ("fair-attr", "fair-poly", "fair-ap"))
+
+
+def test_fair_base_takes_each_quota_by_the_highest_score_without_embeddings():
+    pool = _pool()
+    base = make_strategy("fair-base", seed=3)
+    scored = base.score(pool)
+    pick = base.select(scored, 4)  # no context at all: fair-base needs no embeddings
+    top = scored.groupby("group")["score"].nlargest(2).index.get_level_values(1)
+    assert sorted(pick) == sorted(scored.loc[top, "case_id"])
+    assert pick[:2] == scored[scored.group == "G1"].nlargest(2, "score")["case_id"].tolist()
+
+
+def test_quotas_give_the_remainder_to_the_largest_then_alphabetically_first_group():
+    # 4 places over A 2, B 5, C 3: one each, the remaining one to the largest group B
+    assert quotas(pd.Series(["A"] * 2 + ["B"] * 5 + ["C"] * 3), 4) == {"A": 1, "B": 2, "C": 1}
+    # equal sizes: alphabetical, whatever order the pool lists them in
+    assert quotas(pd.Series(["B"] * 3 + ["A"] * 3), 3) == {"A": 2, "B": 1}
+    # a partly filled group never takes more than it has: A 10, C 5, B 1, D 1 with 16 places →
+    # 4 each (B and D give 3 back each), then 3 each to A and C (C has room for 1 only), then A
+    assert quotas(pd.Series(["A"] * 10 + ["C"] * 5 + ["B", "D"]), 16) == {"A": 9, "C": 5, "B": 1, "D": 1}
+
+
+def _line_context(points, labelled=()):
+    emb = {k: np.array([float(v), 0.0]) for k, v in points.items()}
+    pool = pd.DataFrame({"case_id": [k for k in points if k not in labelled], "group": "G1",
+                         "masked_entropy": 0.1})
+    return pool, Context(embeddings=emb, labelled=list(labelled))
+
+
+def test_fair_poly_without_labelled_cases_starts_from_the_farthest_from_the_centre():
+    # a −3, b 5, c 6: centre 8/3; distances 5.67, 2.33, 3.33 → a, then the farthest from a → c
+    pool, ctx = _line_context({"a": -3, "b": 5, "c": 6})
+    s = make_strategy("fair-poly")
+    assert s.select(s.score(pool), 2, ctx) == ["a", "c"]
+
+
+def test_fair_ap_trades_representativeness_against_diversity_by_hand():
+    # a 0, b 4, c 6, labelled L at 6: centre 10/3. rep = −|x − centre| → unit: a 0, b 1, c 0.25;
+    # div = distance to L → unit: a 1, b 1/3, c 0. λ = 0.5: a 0.5, b 0.667, c 0.125 → b
+    pool, ctx = _line_context({"a": 0, "b": 4, "c": 6, "L": 6}, labelled=["L"])
+    assert make_strategy("fair-ap").select(pool.assign(score=0.0), 1, ctx) == ["b"]
+    assert make_strategy("fair-ap", lam=0.2).select(pool.assign(score=0.0), 1, ctx) == ["a"]  # 0.8 vs 0.47
+    # fair-attr ignores λ: it ranks by representativeness alone (b), whatever --lam says
+    assert make_strategy("fair-attr", lam=0.0).select(pool.assign(score=0.0), 1, ctx) == ["b"]
+
+
+def test_fair_ap_on_equidistant_and_single_case_groups():
+    # two cases equally far from their centre (rep constant → no information): diversity decides,
+    # b is farther from the labelled L
+    pool, ctx = _line_context({"a": 0, "b": 2, "L": -1}, labelled=["L"])
+    assert make_strategy("fair-ap").select(pool.assign(score=0.0), 1, ctx) == ["b"]
+    single, ctx1 = _line_context({"a": 0})
+    assert make_strategy("fair-ap").select(single.assign(score=0.0), 1, ctx1) == ["a"]
+
+
+def test_fair_quota_accepts_integer_embeddings():
+    # uint8 feature vectors (e.g. thumbnails) must not wrap around when subtracted
+    pool, ctx = _embedded_pool()
+    ints = Context(embeddings={k: (np.asarray(v) * 10).astype(np.uint8) for k, v in ctx.embeddings.items()},
+                   labelled=["L"])
+    s = make_strategy("fair-poly")
+    assert s.select(s.score(pool), 4, ints) == s.select(s.score(pool), 4, ctx)

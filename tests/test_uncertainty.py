@@ -18,6 +18,7 @@ from napari_fairseg.inference.uncertainty import (
     masked_scaled_entropy,
     masked_scaled_entropy_in_boxes,
     max_entropy,
+    probabilities,
     roi_mask,
 )
 
@@ -186,6 +187,8 @@ def test_dilation_and_roi_scores_on_each_device_equal_scipy(rng, device):
     got = dilate(torch.from_numpy(mask).to(device), 2)
     assert got.device.type == device
     np.testing.assert_array_equal(got.cpu().numpy(), np.stack([_scipy_cube_dilation(m, 2) for m in mask]))
+    soft = torch.tensor([[[0.2, 0.7], [0.3, 0.1], [0.5, 0.2]]], device=device)
+    assert decode(soft, "softmax", (0, 3, 7)).cpu().tolist() == [[7, 0]]
     prob = partial_roi_probabilities().to(device)
     label = decode(prob, "sigmoid", (0, 1))
     full, _ = masked_scaled_entropy(entropy(prob, "sigmoid"), roi_mask(label, 1))
@@ -210,3 +213,54 @@ def test_the_lean_path_scores_an_empty_prediction_by_the_same_rule(rule):
     expected = {"max": math.log(2), "whole": float(entropy(prob, "sigmoid")[1].mean()), "nan": float("nan")}[rule]
     np.testing.assert_allclose(float(lean[1]), expected, rtol=1e-5, equal_nan=True)
     assert float(lean[0]) == pytest.approx(PARTIAL_ROI_EXPECTED["masked"][0], rel=1e-5)
+
+
+def test_probabilities_softmax_over_classes_and_sigmoid_by_hand():
+    logits = torch.tensor([[[0.0, 1.0, -2.0], [1.0, 1.0, 0.5]]])  # (B 1, K 2, S 3)
+    soft = probabilities(logits, "softmax")
+    e = np.exp(logits.numpy()[0])
+    np.testing.assert_allclose(soft[0].numpy(), e / e.sum(axis=0), rtol=1e-6)  # per voxel, over K
+    np.testing.assert_allclose(probabilities(logits[:, :1], "sigmoid")[0, 0].numpy(),
+                               1 / (1 + np.exp(-np.array([0.0, 1.0, -2.0]))), rtol=1e-6)
+
+
+def test_max_entropy_is_log2_for_a_sigmoid_head_whatever_the_channel_count():
+    assert max_entropy("sigmoid", 1) == max_entropy("sigmoid", 2) == pytest.approx(math.log(2))
+    assert max_entropy("softmax", 3) == pytest.approx(math.log(3))
+
+
+def test_decode_gives_int16_label_values():
+    fg = torch.tensor([[[0.2, 0.8]]])
+    for values in ((0, 1), (0, 2), (0, 255)):
+        got = decode(fg, "sigmoid", values)
+        assert got.dtype == torch.int16 and got.tolist() == [[0, values[1]]], values
+    prob = torch.tensor([[[0.2, 0.7], [0.3, 0.1], [0.5, 0.2]]])
+    got = decode(prob, "softmax", (0, 3, 7))
+    assert got.dtype == torch.int16 and got.tolist() == [[7, 0]]
+
+
+def test_dilated_boxes_are_the_grown_bounding_box_per_axis():
+    mask = torch.zeros(3, 10, 12, dtype=torch.bool)
+    mask[1, 2, 7] = True  # case 0 is empty: the cases after it still get their boxes
+    mask[2, 8:10, 0:3] = True
+    boxes = dilated_boxes(mask, 1)
+    assert boxes[0] is None and len(boxes) == 3
+    assert boxes[1][0] == (slice(1, 4), slice(6, 9)) and boxes[1][1].all()
+    assert boxes[2][0] == (slice(7, 10), slice(0, 4))
+    got = dilate(mask, 1)
+    assert got.dtype == torch.bool
+    np.testing.assert_array_equal(got.numpy(), np.stack([_scipy_cube_dilation(m, 1) for m in mask.numpy()]))
+
+
+def test_lean_scores_with_an_empty_first_case_and_a_one_voxel_roi():
+    # case 0 predicts nothing; case 1 predicts one voxel (p 0.8) and radius 0: R is that voxel, so
+    # Ĥ = H(0.8) = −0.8 ln 0.8 − 0.2 ln 0.2 by hand, in float32 whatever the probabilities' dtype
+    prob = torch.full((2, 1, 4, 4), 0.1, dtype=torch.float64)
+    prob[1, 0, 2, 3] = 0.8
+    label = decode(prob, "sigmoid", (0, 1))
+    lean, empty = masked_scaled_entropy_in_boxes(prob, dilated_boxes(label != 0, 0), "sigmoid")
+    h08 = -0.8 * math.log(0.8) - 0.2 * math.log(0.2)
+    assert empty.tolist() == [True, False] and lean.dtype == torch.float32
+    assert lean.tolist() == pytest.approx([math.log(2), h08], rel=1e-6)
+    full, _ = masked_scaled_entropy(entropy(prob, "sigmoid"), roi_mask(label, 0))
+    assert full.tolist() == pytest.approx([math.log(2), h08], rel=1e-6)

@@ -97,7 +97,7 @@ class Strategy:
     #: whether :class:`Context` must carry embeddings of the pool and labelled cases
     needs_embeddings = False
 
-    def __init__(self, *, seed: int = 0, n_candidates: int = 200, lam: float = 0.5):
+    def __init__(self, *, seed: int, n_candidates: int, lam: float):
         self.rng = np.random.default_rng(seed)
         self.n_candidates, self.lam = n_candidates, lam
 
@@ -115,7 +115,7 @@ class Strategy:
 
     def select(self, scored: pd.DataFrame, batch: int, context: Context | None = None) -> list[str]:
         _check_batch(scored, batch)
-        order = scored.sort_values(["score", "case_id"], ascending=[False, True], kind="stable")
+        order = scored.sort_values(["score", "case_id"], ascending=[False, True])  # ties: by case id
         return order["case_id"].head(batch).tolist()
 
 

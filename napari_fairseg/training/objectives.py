@@ -35,6 +35,9 @@ import torch
 from ..errors import InputDataError
 from ..options import OBJECTIVES
 
+#: mean |divergence| at or below which the validation subgroups count as not diverging at all
+_NO_DIVERGENCE = 1e-9
+
 
 def _same(x):
     return x
@@ -56,15 +59,15 @@ class Objective:
         self.group_attribute = group_attribute
         self.index = {cid: i for i, cid in enumerate(self.train["case_id"])}
         if self.needs_groups:
-            groups = self.groups_of(self.train["case_id"])
-            if group_attribute is None or len(set(groups)) < 2:
+            groups = set(self.groups_of(self.train["case_id"])) if group_attribute is not None else set()
+            if len(groups) < 2:
                 raise InputDataError(None, f"fairness objective {self.name!r} needs at least two groups in "
                                      f"attribute {group_attribute!r} among the training cases; found "
-                                     f"{sorted(set(groups))}")
+                                     f"{sorted(groups)}")
 
     def groups_of(self, ids: Sequence[str]) -> list[str]:
-        col = self.train[self.group_attribute].astype("string").fillna("unknown") if self.group_attribute \
-            else pd.Series(["all"] * len(self.train))
+        """The ``group_attribute`` value of each case (``unknown`` where missing); group objectives only."""
+        col = self.train[self.group_attribute].astype("string").fillna("unknown")
         return [str(col.iloc[self.index[c]]) for c in ids]
 
     def epoch_plan(self, rng: np.random.Generator) -> list[tuple[str, bool]]:
@@ -89,8 +92,7 @@ class Objective:
 class DivergenceObjective(Objective):
     name = "divergence"
 
-    def __init__(self, train, group_attribute, *, attributes: Sequence[str], alpha: float = 0.2,
-                 min_support: float = 0.05):
+    def __init__(self, train, group_attribute, *, attributes: Sequence[str], alpha: float, min_support: float):
         super().__init__(train, group_attribute)
         if not 0 <= alpha <= 1:
             raise ValueError(f"alpha must be in [0, 1], got {alpha}")
@@ -149,7 +151,9 @@ def divergence_weights(val: pd.DataFrame, train: pd.DataFrame, outcome: str, att
     inside = ~np.isnan(best)
     if normalise and inside.any():
         scale = best[inside].mean()
-        best[inside] = best[inside] / scale if scale > 0 else 1.0
+        # a constant validation outcome gives divergences of rounding size (~1e-17), not 0: dividing
+        # by their mean would turn that noise into weights of order 1
+        best[inside] = best[inside] / scale if scale > _NO_DIVERGENCE else 1.0
     best[~inside] = 1.0
     return best
 
@@ -158,7 +162,7 @@ class GroupDROObjective(Objective):
     name = "groupdro"
     needs_groups = True
 
-    def __init__(self, train, group_attribute, *, eta: float = 0.01):
+    def __init__(self, train, group_attribute, *, eta: float):
         super().__init__(train, group_attribute)
         if eta <= 0:
             raise ValueError(f"groupdro eta must be > 0, got {eta}")
@@ -170,14 +174,14 @@ class GroupDROObjective(Objective):
         groups = self.groups_of(ids)
         g_idx = torch.as_tensor([self.names.index(g) for g in groups], device=losses.device)
         n_groups = len(self.names)
-        counts = torch.zeros(n_groups, device=losses.device).index_add_(0, g_idx, torch.ones_like(losses))
+        counts = torch.zeros(n_groups, device=losses.device, dtype=losses.dtype).index_add_(0, g_idx,
+                                                                                           torch.ones_like(losses))
         sums = torch.zeros(n_groups, device=losses.device, dtype=losses.dtype).index_add_(0, g_idx, losses)
         group_loss = sums / counts.clamp_min(1)
         every = self.reduce(torch.stack([counts, sums.detach()]))  # over all ranks' batches
-        present = (every[0] > 0).cpu()
-        with torch.no_grad():
+        with torch.no_grad():  # a group in no batch has mean loss 0: its q_g is not raised
             every_loss = (every[1] / every[0].clamp_min(1)).cpu().double()
-            self.q[present] *= torch.exp(self.eta * every_loss[present])
+            self.q *= torch.exp(self.eta * every_loss)
             self.q /= self.q.sum()
         return (self.q.to(losses.device, losses.dtype) * group_loss).sum()
 
