@@ -170,8 +170,9 @@ def test_group_statistics_at_their_edges():
     assert all(np.isnan(bootstrap_ci([0.2, 0.4], n_boot=0)))  # no resample, no interval
     lo, hi = bootstrap_ci([0.2, 0.4], n_boot=1)
     assert lo == hi and min(abs(lo - m) for m in (0.2, 0.3, 0.4)) < 1e-12  # one resample's mean
-    v = np.array([0.1, 0.5, 0.9, 0.4, 0.8])
+    v = np.sqrt(np.arange(1.0, 41.0)) / 7  # 40 distinct values: resampled means rarely repeat
     assert bootstrap_ci(v) == bootstrap_ci(v, rng=np.random.default_rng(0))  # documented default stream
+    assert bootstrap_ci(v) == bootstrap_ci(v)  # an audit is reproducible
 
     values = [0.5, 0.8, 0.12, 0.95, 0.33, 0.71, np.nan, 0.9, 0.1, 0.3, 0.6]
     groups = ["A", "A", "A", "A", "A", "A", "B", "C", "C", None, "C"]
