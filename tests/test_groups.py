@@ -170,8 +170,9 @@ def test_group_statistics_at_their_edges():
     assert all(np.isnan(bootstrap_ci([0.2, 0.4], n_boot=0)))  # no resample, no interval
     lo, hi = bootstrap_ci([0.2, 0.4], n_boot=1)
     assert lo == hi and min(abs(lo - m) for m in (0.2, 0.3, 0.4)) < 1e-12  # one resample's mean
-    v = np.array([0.1, 0.5, 0.9, 0.4, 0.8])
+    v = np.sqrt(np.arange(1.0, 41.0)) / 7  # 40 distinct values: resampled means rarely repeat
     assert bootstrap_ci(v) == bootstrap_ci(v, rng=np.random.default_rng(0))  # documented default stream
+    assert bootstrap_ci(v) == bootstrap_ci(v)  # an audit is reproducible
 
     values = [0.5, 0.8, 0.12, 0.95, 0.33, 0.71, np.nan, 0.9, 0.1, 0.3, 0.6]
     groups = ["A", "A", "A", "A", "A", "A", "B", "C", "C", None, "C"]
@@ -201,3 +202,31 @@ def test_group_statistics_at_their_edges():
     v4 = [0.2, 0.4, 0.6, 1.0]  # group means 0.3 and 0.8
     assert variance_fairness(v4, two, ddof=1) == pytest.approx(-statistics.variance([0.3, 0.8]))
     assert variance_fairness(v4, two) == pytest.approx(-statistics.pvariance([0.3, 0.8]))
+
+
+def test_small_groups_none_values_and_reported_settings_without_runtime_warnings():
+    """Groups of 0, 1 and 2 cases, a case whose metric is None, an all-NaN metric, a variable with a
+    single group: plain numbers or NaN, and no numpy 'mean of empty slice' warnings in the CLI output."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        values = [0.2, 0.6, 0.9, None, 0.5]  # None: undefined for that case, like NaN
+        t = group_table(values, ["two", "two", "one", "one", None], categories=["none", "two"],
+                        n_boot=50).set_index("group")
+        assert list(t.index) == ["none", "two", "one", "unknown"]
+        assert t.loc["two", "std"] == pytest.approx(statistics.stdev([0.2, 0.6]))  # two cases have a spread
+        assert np.isnan(t.loc["one", "std"]) and t.loc["one", ["n", "n_nan"]].tolist() == [1, 1]
+        assert t.loc["none", "n"] == 0 and np.isnan(t.loc["none", "mean"])
+        assert bootstrap_ci([0.2, None, 0.4], n_boot=200) == bootstrap_ci([0.2, 0.4], n_boot=200)
+        e = equity_summary(values, ["a", "a", "b", "b", "b"], ddof=0, var_ddof=1)
+        assert e["overall"] == pytest.approx(statistics.fmean([0.2, 0.6, 0.9, 0.5])) and e["n"] == 4
+        assert e["std_ddof"] == 0 and e["var_ddof"] == 1  # the variants used are named in the output
+        assert e["group_variance"] == pytest.approx(statistics.variance([0.4, 0.7]))
+        assert np.isnan(equity_summary([np.nan, np.nan], ["a", "b"])["overall"])
+        # MAMA-MIA: a variable whose cases all share one group is perfectly fair (D = 0)
+        s = mamamia_scores([0.8, 0.6], [0.1, 0.3], {"density": ["b", "b"], "age": ["0-40", "71+"]})
+        assert s["per_variable"]["density"] == 1.0
+        assert s["per_variable"]["age"] == pytest.approx(1 - 0.5 * (0.2 + 0.2))
+        none = mamamia_scores([0.8, 0.6], [0.1, 0.3], {})
+        assert np.isnan(none["fairness"]) and none["performance"] == pytest.approx(0.5 * (0.7 + 0.8))

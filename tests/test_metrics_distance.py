@@ -61,3 +61,20 @@ def test_hd95_rejects_bad_shapes():
         hausdorff95(np.zeros((3, 3), bool), np.zeros((3, 4), bool))
     with pytest.raises(ValueError, match="spacing"):
         hausdorff95(np.ones((3, 3), bool), np.ones((3, 3), bool), spacing=(1.0, 1.0, 1.0))
+
+
+def test_non_boolean_masks_count_every_nonzero_voxel_as_foreground(rng):
+    # a float 0/1 prediction (a thresholded probability map) and a label map holding class value 2
+    g = blob((30, 30), (14, 15), 8)
+    p = blob((30, 30), (16, 13), 7)
+    want = hausdorff95(p, g, spacing=(0.8, 1.2))
+    assert want == pytest.approx(monai_hd95(p, g, (0.8, 1.2)), rel=1e-5)
+    assert hausdorff95(p.astype(np.float32), (2 * g).astype(np.uint8), spacing=(0.8, 1.2)) == want
+    assert hausdorff95((2 * p).astype(np.uint8), g.astype(np.float64), spacing=(0.8, 1.2)) == want
+
+
+def test_normhd_of_a_missing_hd_is_missing():
+    import pandas as pd
+
+    got = norm_hd(pd.Series([75.0, None, np.inf], dtype=object))  # e.g. a per-case column with gaps
+    assert got[0] == 0.5 and np.isnan(got[1]) and got[2] == 1.0

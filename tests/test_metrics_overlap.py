@@ -77,3 +77,60 @@ def test_confusion_counts_chunking_and_validation(rng, monkeypatch):
         confusion_counts(p - 1, y)
     with pytest.raises(TypeError, match="integer"):
         confusion_counts(p.astype(float), y)
+
+
+def test_errors_name_the_offending_array_and_shapes_are_documented(rng):
+    y = rng.integers(0, 3, size=(2, 6))  # (B, *spatial) with one spatial axis is a valid batch
+    p = rng.integers(0, 3, size=(2, 6))
+    cm = confusion_counts(p, y)
+    assert cm.shape == (2, 3, 3) and cm.dtype == np.int64  # K = max label + 1, integer voxel counts
+    for b in range(2):
+        assert cm[b].tolist() == [[np.sum((p[b] == i) & (y[b] == j)) for j in range(3)] for i in range(3)]
+    m = overlap_metrics(p, y, {"fg": (1, 2)})
+    assert m["tp_fg"].dtype == np.int64
+    with pytest.raises(TypeError, match=r"^y_pred must hold integer"):
+        confusion_counts(p.astype(float), y)
+    with pytest.raises(TypeError, match=r"^y must hold integer"):
+        confusion_counts(p, y.astype(float))
+    with pytest.raises(ValueError, match=r"\(B, \*spatial\)"):
+        confusion_counts(p[0], y[0])
+
+
+def test_many_label_values_do_not_overflow_the_pair_codes(rng):
+    # 20 label values: 400 (prediction, truth) pairs, more than a uint8 code can hold
+    y = rng.integers(0, 20, size=(3, 30, 30))
+    p = np.where(rng.random(y.shape) < 0.5, y, rng.integers(0, 20, size=y.shape))
+    cm = confusion_counts(p, y)
+    assert cm.shape == (3, 20, 20)
+    for i, j in ((19, 19), (19, 0), (0, 19), (7, 13)):
+        np.testing.assert_array_equal(cm[:, i, j], ((p == i) & (y == j)).sum(axis=(1, 2)))
+
+
+def test_a_class_absent_from_the_whole_batch_scores_empty_score():
+    # no case has a cup (value 2): the label maps only hold 0 and 1
+    y = np.zeros((2, 4, 4), dtype=np.uint8)
+    y[:, 1, 1] = 1
+    m = overlap_metrics(y.copy(), y, FUNDUS)
+    np.testing.assert_array_equal(m["dice_cup"], [1.0, 1.0])
+    np.testing.assert_array_equal(m["tp_cup"] + m["fp_cup"] + m["fn_cup"], [0, 0])
+    np.testing.assert_array_equal(m["dice_disc"], [1.0, 1.0])
+
+
+def test_counts_to_scores_by_hand_defaults_single_voxels_and_no_warnings():
+    import warnings
+
+    from napari_fairseg.metrics import dice_from_counts, iou_from_counts
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # both-empty cases must not raise 0/0 RuntimeWarnings
+        assert dice_from_counts(0, 0, 0) == 1.0 and iou_from_counts(0, 0, 0) == 1.0  # MONAI's default
+        # one-voxel cases: a single false positive is a miss, not "both empty"
+        np.testing.assert_array_equal(iou_from_counts([0, 1, 0], [1, 0, 0], [0, 0, 1]), [0.0, 1.0, 0.0])
+        np.testing.assert_array_equal(dice_from_counts([0, 1, 0], [1, 0, 0], [0, 0, 1]), [0.0, 1.0, 0.0])
+        # counts kept in a narrow integer type must not wrap around (2·200 > 255)
+        tp, fp, fn = (np.array([v], dtype=np.uint8) for v in (200, 100, 50))
+        assert dice_from_counts(tp, fp, fn)[0] == pytest.approx(400 / 550)
+        assert iou_from_counts(tp, fp, fn)[0] == pytest.approx(200 / 350)
+        # soft (probability-weighted) counts below one voxel follow the same formulas
+        assert iou_from_counts(0.3, 0.1, 0.2) == pytest.approx(0.5)
+        assert dice_from_counts(0.1, 0.1, 0.1) == pytest.approx(0.5)

@@ -358,3 +358,31 @@ def test_results_written_inside_a_dataset_folder_are_never_read_as_its_cases(tmp
     assert sorted((folder / "predictions").glob("*.npz"))  # npz predictions now lie inside the cohort
     again = open_cohort(folder)
     assert again.kind == "fairseg" and sorted(again.case_ids) == sorted(fundus.case_ids)
+
+
+def test_unknown_code_errors_list_the_allowed_codes_and_text_ages_are_missing():
+    with pytest.raises(InputDataError, match=r"expected -1=unknown, 0=Female, 1=Male\)"):
+        decode_fairseg_code("gender", 2, source="data_00001.npz")
+    # ages: a median above 150 can only be days; 151 is already above
+    _, unit = age_in_years(np.array([151.0, 20.0, 151.0]))
+    assert unit == "days"
+    years, unit = age_in_years(np.array([40, None, 71], dtype=object))  # a column with a gap
+    assert unit == "years" and years[0] == 40.0 and np.isnan(years[1]) and years[2] == 71.0
+    groups = mamamia_age_group(pd.Series(["45", "unknown", 71.0, ""]))  # spreadsheet text is read as a number or missing
+    assert groups.astype(object).where(groups.notna(), None).tolist() == ["41-50", None, "71+", None]
+
+
+def test_bin_continuous_keeps_few_levels_and_splits_many_into_quartiles():
+    eight = pd.Series([1, 2, 3, 4, 5, 6, 7, 8.0, None])  # at most 8 distinct values: levels as they are
+    assert bin_continuous(eight, name="density").tolist()[:8] == ["1", "2", "3", "4", "5", "6", "7", "8"]
+    assert pd.isna(bin_continuous(eight, name="density").iloc[8])
+    nine = pd.Series(np.arange(1.0, 10.0))  # 9 distinct values: quartiles labelled by their ranges
+    binned = bin_continuous(nine, name="bmi")
+    ref = pd.qcut(nine, 4).map(lambda iv: f"{iv.left:.3g}-{iv.right:.3g}")
+    assert binned.tolist() == ref.astype(str).tolist() and binned.nunique() == 4
+    codes = pd.Series([0, 1, 1, 0])  # a numeric code with two levels stays two levels
+    assert bin_continuous(codes, name="gender").tolist() == ["0", "1", "1", "0"]
+    # an age column that is already binned text keeps its labels (only numeric ages get the MAMA-MIA bins)
+    text_age = pd.Series(["0-40", "41-50", None, "71+"])
+    got = bin_continuous(text_age, name="age")
+    assert got.astype(object).where(got.notna(), None).tolist() == ["0-40", "41-50", None, "71+"]

@@ -242,7 +242,7 @@ class AuditDock(JobDock):
         b_name = self.attr_b.currentText()
         b = (bin_continuous(pc[b_name], name=b_name) if b_name != NONE and b_name in pc
              else pd.Series(["all"] * len(pc)))
-        mean, count = intersection_table(pc[metric].to_numpy(float), a, b, min_size=5)
+        mean, count = intersection_table(pc[metric].to_numpy(float), a, b)
         members = intersection_cells(pc["case_id"], a, b)
         cells = {(i, j): members.get((str(ra), str(cb)), [])
                  for i, ra in enumerate(mean.index) for j, cb in enumerate(mean.columns)}

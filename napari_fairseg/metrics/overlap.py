@@ -100,8 +100,7 @@ def dice_from_counts(tp, fp, fn, *, empty_score: float = 1.0) -> np.ndarray:
     """
     tp, fp, fn = (np.asarray(a, dtype=np.float64) for a in (tp, fp, fn))
     denom = 2 * tp + fp + fn
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denom > 0, 2 * tp / np.where(denom > 0, denom, 1), empty_score)
+    return np.where(denom > 0, 2 * tp / np.where(denom > 0, denom, 1), empty_score)
 
 
 def iou_from_counts(tp, fp, fn, *, empty_score: float = 1.0) -> np.ndarray:

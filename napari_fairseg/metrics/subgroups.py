@@ -15,7 +15,7 @@ import pandas as pd
 from .groups import UNKNOWN
 
 
-def intersection_table(values, a, b, *, min_size: int = 10) -> tuple[pd.DataFrame, pd.DataFrame]:
+def intersection_table(values, a, b) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Mean and count of a metric per cell of attribute ``a`` × attribute ``b``.
 
     Unknown values form an explicit ``unknown`` row / column; every combination of levels is
