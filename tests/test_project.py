@@ -467,6 +467,8 @@ def test_create_project_imports_only_when_asked(tmp_path, tiny_brain):
         assert p.history().empty
     with create_project(tmp_path / "b", tiny_brain.source, import_labels=True) as p:
         assert set(p.history()["author"]) == {"import"} and len(p.history()) == len(tiny_brain)
+    with create_project(tmp_path / "c", tiny_brain.source, import_labels=True, author="site-b") as p:
+        assert set(p.history()["author"]) == {"site-b"}
 
 
 def test_a_failed_import_into_an_existing_folder_leaves_it_as_it_was(tmp_path, tiny_brain):
