@@ -45,3 +45,24 @@ def user_message(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.filename:
         return f"{exc.strerror or exc}: {Path(exc.filename).name}"
     return str(exc) or type(exc).__name__
+
+
+def json_object(text, what: str, source=None) -> dict:
+    """``text`` (a JSON text of an object, e.g. from a checkpoint) decoded.
+
+    Raises
+    ------
+    InputDataError
+        Naming ``source`` and ``what`` when ``text`` is not a string, not JSON, or not an object.
+    """
+    import json
+
+    if not isinstance(text, str):
+        raise InputDataError(source, f"{what} must be a JSON text, found {type(text).__name__}")
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise InputDataError(source, f"{what} is not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise InputDataError(source, f"{what} must be a JSON object, found {type(value).__name__}")
+    return value

@@ -69,7 +69,7 @@ from monai.transforms import (
 from monai.transforms.utils import convert_applied_interp_mode, reset_ops_id
 from monai.utils import TraceKeys
 
-from ..errors import FairSegError, InputDataError
+from ..errors import FairSegError, InputDataError, json_object
 from .arrays import CaseData, check_voxels, load_case, load_image
 from .intensity import match_channels, normalise_channels
 from .kinds import kind_of
@@ -218,14 +218,7 @@ class Pipeline:
             Not a JSON object, a newer version, an unknown or missing key, or a value out of
             range (a hostile checkpoint must not make prediction resample to 1 µm or read files).
         """
-        if not isinstance(text, str):
-            raise InputDataError(None, f"pipeline must be a JSON text, found {type(text).__name__}")
-        try:
-            data = json.loads(text)
-        except ValueError as exc:
-            raise InputDataError(None, f"pipeline is not valid JSON: {exc}") from exc
-        if not isinstance(data, dict):
-            raise InputDataError(None, f"pipeline must be a JSON object, found {type(data).__name__}")
+        data = json_object(text, "pipeline")
         version = data.pop("version", PIPELINE_VERSION)
         if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= PIPELINE_VERSION:
             raise InputDataError(None, f"pipeline version {_short(version)} is not one this napari-fairseg "

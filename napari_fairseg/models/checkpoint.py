@@ -26,7 +26,7 @@ from torch import nn
 
 from ..data.atomic import write_bytes_atomic
 from ..data.manifest import Cohort
-from ..errors import InputDataError
+from ..errors import InputDataError, json_object
 from .networks import ModelConfig, build_network
 
 FORMAT = "napari-fairseg-checkpoint"
@@ -159,15 +159,7 @@ def _json_object(payload: dict, key: str, path: Path, *, required: bool = False)
         if required:
             raise InputDataError(path, f"checkpoint has no {key!r} entry")
         return {}
-    if not isinstance(text, str):
-        raise InputDataError(path, f"checkpoint {key!r} must be a JSON text, found {type(text).__name__}")
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise InputDataError(path, f"checkpoint {key!r} is not valid JSON: {exc}") from exc
-    if not isinstance(value, dict):
-        raise InputDataError(path, f"checkpoint {key!r} must be a JSON object, found {type(value).__name__}")
-    return value
+    return json_object(text, f"checkpoint {key!r}", path)
 
 
 def cohort_label_values(cohort: Cohort) -> tuple[int, ...]:
