@@ -44,6 +44,8 @@ PREFETCH = ("auto", "on", "off")
 DEVICES = ("auto", "cuda", "mps", "cpu")
 #: ``AuditConfig.hd_mode``: HD95 in mm, in voxels (MAMA-MIA parity), or not computed
 HD_MODES = ("mm", "voxel", "none")
+#: ``fairseg sample brain --field``: a grid around the caudate, or the template's whole head
+BRAIN_FIELDS = ("caudate", "whole")
 #: who made an annotation version: a person, an accepted model pre-fill, an import
 LABEL_SOURCES = ("human", "model", "imported")
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from napari_fairseg.cli import main
-from napari_fairseg.training.distributed import Distributed, launch_command
+from napari_fairseg.inference.distributed import Distributed, launch_command
 
 from .conftest import write_toy_cohort
 
@@ -97,3 +97,53 @@ def test_train_nproc_relaunches_through_torchrun(tmp_path, capsys, monkeypatch):
     assert main(["train", str(manifest), "--out", str(tmp_path / "m.pt"), "--nproc", "2"]) == 2
     assert "under torchrun leave it out" in capsys.readouterr().err
     assert not list(tmp_path.glob("*.pt"))
+
+
+def _predict_rank(rank, world, port, manifest, model, ids, out):
+    """One torchrun process of `fairseg predict`, then the same job kept in memory to see its share."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from napari_fairseg.data.readers import open_cohort
+    from napari_fairseg.inference import InferenceConfig, predict_cases_job
+    from napari_fairseg.inference.distributed import session
+    from napari_fairseg.progress import run_job
+
+    assert main(["--quiet", "predict", manifest, "--model", model, "--out", os.path.join(out, "dist"),
+                 "--cases", ",".join(ids), "--device", "cpu"]) == 0
+    with session("cpu") as dist:
+        res = run_job(predict_cases_job(open_cohort(manifest), model, ids, keep=True, dist=dist,
+                                        settings=InferenceConfig(device="cpu")))
+    torch.save({"kept": sorted(res.predictions), "scores": res.scores}, os.path.join(out, f"pred{rank}.pt"))
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_share_the_cases_of_a_prediction(tmp_path, tiny_brain):
+    """`fairseg predict` under torchrun: each case predicted by one rank, written once, and the
+    gathered scores (rank 0 writes scores.csv) equal one process's, case for case."""
+    import nibabel as nib
+    import numpy as np
+
+    from napari_fairseg.data.manifest import write_manifest
+
+    manifest = str(write_manifest(tiny_brain, tmp_path / "manifest.csv"))
+    model = str(tmp_path / "m.pt")
+    assert main(["--quiet", "train", manifest, "--out", model, "--epochs", "1", "--device", "cpu",
+                 "--patch", "16,16,16"]) == 0
+    ids = tiny_brain.case_ids[:5][::-1]  # 5 cases over 2 ranks: 3 + 2, in an order of the caller's
+    torch.multiprocessing.spawn(_predict_rank, args=(2, _free_port(), manifest, model, ids, str(tmp_path)),
+                                nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"pred{r}.pt", weights_only=False) for r in (0, 1)]
+    assert ranks[0]["kept"] == sorted(ids[0::2]) and ranks[1]["kept"] == sorted(ids[1::2])  # a shard each
+    for r in ranks:  # every rank returns the whole table, in the caller's order
+        assert r["scores"]["case_id"].tolist() == ids
+    assert main(["--quiet", "predict", manifest, "--model", model, "--out", str(tmp_path / "one"),
+                 "--cases", ",".join(ids), "--device", "cpu"]) == 0
+    one, two = (pd.read_csv(tmp_path / d / "scores.csv") for d in ("one", "dist"))
+    assert two["case_id"].tolist() == ids
+    pd.testing.assert_frame_equal(one, two, check_exact=False, atol=1e-6)
+    for cid in ids:  # the predictions on the scans' grids, identical to one process's
+        a, b = (nib.load(str(tmp_path / d / f"{cid}.nii.gz")) for d in ("one", "dist"))
+        assert np.array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj)) and np.allclose(a.affine, b.affine)
+    written = sorted(p.name for p in (tmp_path / "dist").glob("*.nii.gz"))
+    assert written == sorted(f"{c}.nii.gz" for c in ids)

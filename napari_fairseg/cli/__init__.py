@@ -19,6 +19,7 @@ from ..data.classes import parse_classes
 from ..errors import Cancelled, FairSegError, InputDataError
 from ..options import (
     AUDIT,
+    BRAIN_FIELDS,
     EMPTY_RULES,
     HD_MODES,
     INFERENCE,
@@ -82,20 +83,28 @@ def _shown(text) -> str:
     return "".join("?" if unicodedata.category(ch) in ("Cc", "Cf") else ch for ch in str(text))
 
 
+def _torchrun(args) -> int | None:
+    """``--nproc N`` (N > 1): run this very command as N processes under torchrun, return its status."""
+    from ..inference.distributed import launch_command, launched
+
+    if args.nproc < 1:
+        raise InputDataError(None, f"--nproc must be 1 or more, got {args.nproc}")
+    if args.nproc == 1:
+        return None
+    if launched():
+        raise InputDataError(None, "--nproc starts torchrun itself; under torchrun leave it out")
+    import subprocess
+
+    return subprocess.call(launch_command(args.nproc, args.argv))
+
+
 def _cmd_train(args) -> int:
     from ..data.manifest import refuse_overwriting_inputs
     from ..data.readers import open_cohort
     from ..training import TrainConfig, model_config_for, train_job
-    from ..training.distributed import launch_command, launched
 
-    if args.nproc < 1:
-        raise InputDataError(None, f"--nproc must be 1 or more, got {args.nproc}")
-    if args.nproc > 1:
-        if launched():
-            raise InputDataError(None, "--nproc starts torchrun itself; under torchrun leave it out")
-        import subprocess
-
-        return subprocess.call(launch_command(args.nproc, args.argv))
+    if (status := _torchrun(args)) is not None:
+        return status
     cohort = open_cohort(args.cohort, metadata=args.metadata, classes=parse_classes(args.classes))
     out = Path(args.out)
     for path in (out, out.with_name(out.stem + ".log.csv")):
@@ -130,9 +139,14 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_predict(args) -> int:
+    import dataclasses
+
     from ..data.readers import open_cohort
     from ..inference import InferenceConfig, predict_cases_job
+    from ..inference.distributed import session
 
+    if (status := _torchrun(args)) is not None:
+        return status
     cohort = open_cohort(args.cohort, metadata=args.metadata, classes=parse_classes(args.classes))
     settings = InferenceConfig(device=args.device, amp=not args.no_amp, batch_size=args.batch_size,
                                uncertainty=args.uncertainty, passes=args.passes, roi_radius=args.roi_radius,
@@ -142,10 +156,17 @@ def _cmd_predict(args) -> int:
         ids = [c for c in (ids or cohort.case_ids) if cohort.row(c)["split"] == args.split]
         if not ids:
             raise InputDataError(cohort.source, f"no cases in split {args.split!r}")
-    # the job the Model & inference dock runs: load and check the checkpoint, then predict
-    result = run_with_bar(predict_cases_job(cohort, args.model, ids, settings=settings, out_dir=args.out,
-                                            write_maps=not args.no_maps), args.quiet)
-    print(f"predicted {len(result.scores)} cases on {result.device} in {result.seconds:.1f} s -> {args.out}")
+    # the job the Model & inference dock runs: load and check the checkpoint, then predict; under
+    # torchrun each process predicts its share of the cases on its own device
+    with session(args.device) as dist:
+        if dist.active:
+            settings = dataclasses.replace(settings, device=str(dist.device))
+        result = run_with_bar(predict_cases_job(cohort, args.model, ids, settings=settings, out_dir=args.out,
+                                                write_maps=not args.no_maps, dist=dist), args.quiet or not dist.is_main)
+    if not dist.is_main:
+        return 0
+    processes = f" ({dist.world_size} processes)" if dist.active else ""
+    print(f"predicted {len(result.scores)} cases on {result.device}{processes} in {result.seconds:.1f} s -> {args.out}")
     for line in result.warning_summary:  # inputs unlike the model's training data, once per kind
         print(f"fairseg: warning: {line}", file=sys.stderr)
     if "masked_entropy" in result.scores:
@@ -161,14 +182,14 @@ def _sample_dir(kind: str, seed: int, cases: int | None, bias: str) -> Path:
     return cache_dir() / f"{kind}-{bias if kind == 'brain' else 'fairseg'}-seed{seed}-n{cases or 'default'}"
 
 
-def _make_sample(kind, out, *, cases, seed, bias, quiet, shape=None, spacing=None):
+def _make_sample(kind, out, *, cases, seed, bias, quiet, shape=None, spacing=None, field="caudate"):
     from ..data.synthetic import brain_cohort_job, breast_cohort_job, fundus_cohort_job
 
     kwargs = {"seed": seed}
     if cases:
         kwargs["n_cases"] = cases
     if kind == "brain":
-        return run_with_bar(brain_cohort_job(out, bias=bias, **kwargs), quiet)
+        return run_with_bar(brain_cohort_job(out, bias=bias, field=field, **kwargs), quiet)
     if kind == "breast":
         kwargs.update({k: v for k, v in (("shape", shape), ("spacing", spacing)) if v})
         return run_with_bar(breast_cohort_job(out, **kwargs), quiet)
@@ -185,8 +206,10 @@ def _floats(text: str) -> tuple[float, ...]:
 def _cmd_sample(args) -> int:
     if (args.shape or args.spacing) and args.kind != "breast":
         raise ValueError("--shape and --spacing are options of the breast sample")
+    if args.field != "caudate" and args.kind != "brain":
+        raise ValueError("--field is an option of the brain sample")
     cohort = _make_sample(args.kind, args.out, cases=args.cases, seed=args.seed, bias=args.bias, quiet=args.quiet,
-                          shape=args.shape, spacing=args.spacing)
+                          shape=args.shape, spacing=args.spacing, field=args.field)
     where = Path(args.out) / "manifest.csv" if args.kind == "brain" else Path(args.out)
     print(f"wrote {len(cohort)} {args.kind} cases; open with: fairseg audit {where} ...")
     return 0
@@ -318,6 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-amp", action="store_true")
     r.add_argument("--no-maps", action="store_true", help="write predictions and scores only")
     r.add_argument("--seed", type=int, default=INFERENCE["seed"], help="seed of the MC-dropout masks")
+    r.add_argument("--nproc", type=int, default=1,
+                   help="prediction processes on this machine (one per GPU), each taking a share of the cases: "
+                        "relaunches itself with torchrun")
     r.set_defaults(func=_cmd_predict)
 
     s = sub.add_parser("sample", help="write a synthetic sample cohort")
@@ -326,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cases", type=int, help="number of cases (default 24 brain, 60 fundus, 8 breast)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--bias", choices=["strong", "weak"], default="strong", help="brain Group 1 deformation")
+    s.add_argument("--field", choices=BRAIN_FIELDS, default="caudate",
+                   help="brain: 64×64×48 voxels around the caudate, or the whole head (132×156×127 at 1.5 mm)")
     s.add_argument("--shape", type=parse_ints, help="breast: voxels X,Y,Z of the RAS grid (default 448,448,120)")
     s.add_argument("--spacing", type=_floats, help="breast: voxel size in mm along X,Y,Z (default 0.7,0.7,1.5)")
     s.set_defaults(func=_cmd_sample)

@@ -75,6 +75,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from ..options import BRAIN_FIELDS
 from ..progress import Job, Progress, run_job
 from .atomic import atomic_path
 from .manifest import Cohort, write_manifest
@@ -123,25 +124,58 @@ def _rotation(rng, max_deg):
     return rx @ ry @ rz
 
 
+#: control points of the smooth displacement and bias fields: the caudate field has (5, 5, 4)
+#: and (3, 3, 3) whatever its shape (as every cohort before the whole field); the whole field
+#: keeps the default caudate grid's spacing of them (19.2, 19.2, 18 mm and 32 mm)
+_WARP_CTRL, _BIAS_CTRL, _WARP_MM, _BIAS_MM = (5, 5, 4), (3, 3, 3), (19.2, 19.2, 18.0), 32.0
+
+
+def brain_grid(field: str, *, shape=(64, 64, 48), spacing: float = 1.5) -> tuple[tuple[int, ...], np.ndarray]:
+    """The output grid of a brain case: ``(shape, affine)``, RAS, ``spacing`` mm isotropic.
+
+    ``caudate``: ``shape`` voxels centred on the template caudate's centroid. ``whole``: the
+    template's whole field of view (197×233×189 mm, scalp and background included), ``shape``
+    ignored: what a whole-head scan shows.
+    """
+    if field not in BRAIN_FIELDS:
+        raise ValueError(f"field must be one of {BRAIN_FIELDS}, got {field!r}")
+    t1, caudate, t_aff = brain_template()
+    if field == "caudate":
+        centre = (t_aff @ np.r_[np.array(np.nonzero(caudate)).mean(axis=1), 1.0])[:3]
+        shape = tuple(int(s) for s in shape)
+    else:
+        extent = np.abs(t_aff[:3, :3]).sum(axis=1) * (np.array(t1.shape) - 1)
+        centre = (t_aff @ np.r_[(np.array(t1.shape) - 1) / 2, 1.0])[:3]
+        shape = tuple(int(np.ceil(e / spacing)) + 1 for e in extent)
+    affine = np.diag([spacing, spacing, spacing, 1.0])
+    affine[:3, 3] = centre - spacing * (np.array(shape) - 1) / 2
+    return shape, affine
+
+
 def warp_brain_case(rng: np.random.Generator, *, shape, spacing, local_mm: float | None,
-                    local_radius: float = 7.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                    local_radius: float = 7.0, field: str = "caudate") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One brain case: returns ``(t1 (X, Y, Z) float32, label (X, Y, Z) uint8, affine)``.
 
-    The output grid (``spacing`` mm, RAS) is centred on the template caudate's centroid. A
-    sample at world point x is read from the template at A(x − c) + c + u_global(x) +
-    u_local(x), where u_local = s·(x − c)/r·exp(½ − |x − c|²/(2r²)) peaks at s mm at |x − c| = r.
+    The output grid (``spacing`` mm, RAS) is :func:`brain_grid`'s for ``field``. A sample at
+    world point x is read from the template at A(x − c) + c + u_global(x) + u_local(x), with c
+    the template caudate's centroid, A a random rotation and scaling, u_global a smooth random
+    field (control points every ~19 mm) and u_local = s·(x − c)/r·exp(½ − |x − c|²/(2r²)),
+    which peaks at s mm at |x − c| = r.
     """
     t1, caudate, t_aff = brain_template()
     t_inv = np.linalg.inv(t_aff)
     centre = (t_aff @ np.r_[np.array(np.nonzero(caudate)).mean(axis=1), 1.0])[:3]
-    shape = tuple(int(s) for s in shape)
-    affine = np.diag([spacing, spacing, spacing, 1.0])
-    affine[:3, 3] = centre - spacing * (np.array(shape) - 1) / 2
+    shape, affine = brain_grid(field, shape=shape, spacing=spacing)
+    n_warp, n_bias = _WARP_CTRL, _BIAS_CTRL
+    if field == "whole":
+        extent = spacing * np.array(shape)
+        n_warp = tuple(round(e / m) for e, m in zip(extent, _WARP_MM, strict=True))
+        n_bias = tuple(round(e / _BIAS_MM) for e in extent)
     grid = np.indices(shape, dtype=np.float64).reshape(3, -1)
     world = affine[:3, :3] @ grid + affine[:3, 3:4]
     rot = _rotation(rng, 4.0) * rng.uniform(0.96, 1.04)
     src = rot @ (world - centre[:, None]) + centre[:, None]
-    src += _smooth_field(rng, shape, (5, 5, 4), 2.0).reshape(3, -1)
+    src += _smooth_field(rng, shape, n_warp, 2.0).reshape(3, -1)
     if local_mm is not None:
         rel = world - centre[:, None]
         r2 = (rel ** 2).sum(axis=0)
@@ -149,7 +183,7 @@ def warp_brain_case(rng: np.random.Generator, *, shape, spacing, local_mm: float
     vox = t_inv[:3, :3] @ src + t_inv[:3, 3:4]
     img = ndimage.map_coordinates(t1, vox, order=1, mode="constant", cval=0.0).reshape(shape)
     lab = ndimage.map_coordinates(caudate.astype(np.float32), vox, order=1, mode="constant").reshape(shape)
-    bias_field = 1.0 + _smooth_field(rng, shape, (3, 3, 3), 0.04)[0]
+    bias_field = 1.0 + _smooth_field(rng, shape, n_bias, 0.04)[0]
     img = img * bias_field + rng.normal(0.0, 0.015, size=shape)
     return np.clip(img, 0, None).astype(np.float32), (lab > 0.5).astype(np.uint8), affine
 
@@ -165,8 +199,14 @@ def _assign_splits(rng, groups: np.ndarray, test_fraction: float) -> np.ndarray:
 
 def brain_cohort_job(out_dir: str | Path, *, n_cases: int = 24, seed: int = 0, bias: str = "strong",
                      shape: tuple[int, int, int] = (64, 64, 48), spacing: float = 1.5,
-                     group1_fraction: float = 0.5, test_fraction: float = 1 / 3) -> Job[Cohort]:
-    """Write a brain cohort (NIfTI + ``manifest.csv``) and return it; yields one event per case."""
+                     group1_fraction: float = 0.5, test_fraction: float = 1 / 3,
+                     field: str = "caudate") -> Job[Cohort]:
+    """Write a brain cohort (NIfTI + ``manifest.csv``) and return it; yields one event per case.
+
+    ``field`` (:data:`BRAIN_FIELDS`): ``caudate``, ``shape`` voxels around the caudate (the
+    sample's default), or ``whole``, the template's whole field of view at ``spacing`` (132×156×127
+    voxels at 1.5 mm): whole-head scans, on which a model learns what is *not* the caudate.
+    """
     if bias not in BIAS:
         raise ValueError(f"bias must be one of {tuple(BIAS)}, got {bias!r}")
     if n_cases < 2:
@@ -181,12 +221,12 @@ def brain_cohort_job(out_dir: str | Path, *, n_cases: int = 24, seed: int = 0, b
     mu, sigma = BIAS[bias]
     rows = []
     yield Progress("template", 0, n_cases, "loading the MNI152 template")
-    brain_template()
+    shape = brain_grid(field, shape=shape, spacing=spacing)[0]
     for i, g in enumerate(groups):
         cid = f"brain_{i:03d}"
         case_rng = np.random.default_rng([seed, i])
         local = float(case_rng.normal(mu, sigma)) if g == "Group 1" else None
-        img, lab, affine = warp_brain_case(case_rng, shape=shape, spacing=spacing, local_mm=local)
+        img, lab, affine = warp_brain_case(case_rng, shape=shape, spacing=spacing, local_mm=local, field=field)
         for arr, sub, dtype in ((img, "images", np.float32), (lab, "labels", np.uint8)):
             with atomic_path(out / sub / f"{cid}.nii.gz") as tmp:
                 nii = nib.Nifti1Image(arr.astype(dtype), affine)
@@ -199,7 +239,7 @@ def brain_cohort_job(out_dir: str | Path, *, n_cases: int = 24, seed: int = 0, b
         yield Progress("cases", i + 1, n_cases, cid)
     cohort = Cohort(pd.DataFrame(rows), "nifti", {"caudate": (1,)}, f"brain-{bias}-seed{seed}",
                     [f"synthetic brain cohort: seed {seed}, {bias} bias (mu={mu}, sigma={sigma} mm), "
-                     f"{n1} Group 1 / {n_cases - n1} Group 2, grid {shape} at {spacing} mm"], out)
+                     f"{n1} Group 1 / {n_cases - n1} Group 2, grid {shape} at {spacing} mm ({field} field of view)"], out)
     write_manifest(cohort, out / "manifest.csv")
     return cohort
 

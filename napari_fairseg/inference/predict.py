@@ -46,6 +46,7 @@ from ..models.zoo import resolve_checkpoint
 from ..options import INFERENCE, PREFETCH, UNCERTAINTY
 from ..progress import Job, Progress, run_job
 from .device import autocast, choose_device, describe
+from .distributed import Distributed
 from .domain import DomainWarning, check_input, geometry_of, summarise_warnings
 from .sliding import sliding_window_steps, window_batches
 from .uncertainty import (
@@ -519,7 +520,7 @@ class PoolResult:
 
 def predict_pool_job(cohort: Cohort, predictor: Predictor, case_ids: Sequence[str] | None = None, *,
                      out_dir: str | Path | None = None, keep: bool = False, write_maps: bool = True,
-                     checkpoint: Checkpoint | None = None) -> Job[PoolResult]:
+                     checkpoint: Checkpoint | None = None, dist: Distributed | None = None) -> Job[PoolResult]:
     """Predict (and score) cases of ``cohort`` in batches; yields one progress event per batch.
 
     Parameters
@@ -539,6 +540,11 @@ def predict_pool_job(cohort: Cohort, predictor: Predictor, case_ids: Sequence[st
         ``warnings`` column of the scores (sentences joined by `` | ``, empty for none). Its
         pipeline (:func:`~napari_fairseg.data.pipeline.pipeline_of`) prepares the cases; without
         it, the predictor's.
+    dist : Distributed, optional
+        Under ``torchrun`` (:func:`~.distributed.session`): this process predicts, writes and keeps
+        only its :meth:`~.distributed.Distributed.shard` of the cases; the scores and warnings of
+        every rank are gathered, so each rank returns the whole table (in ``case_ids`` order), and
+        rank 0 alone writes ``scores.csv``. Progress counts this rank's cases.
 
     Each case is prepared by the pipeline and its prediction and maps — written and kept — are
     brought back to its original grid; the scores are those of the model's grid.
@@ -547,10 +553,12 @@ def predict_pool_job(cohort: Cohort, predictor: Predictor, case_ids: Sequence[st
     pass (:meth:`Predictor.predict_job`).
     """
     t0 = time.perf_counter()
-    ids = list(cohort.case_ids if case_ids is None else case_ids)
-    unknown = [c for c in ids if c not in set(cohort.case_ids)]
+    dist = dist or Distributed()
+    order = list(cohort.case_ids if case_ids is None else case_ids)
+    unknown = [c for c in order if c not in set(cohort.case_ids)]
     if unknown:
         raise InputDataError(cohort.source, f"unknown case ids {unknown[:5]}")
+    ids = dist.shard(order)
     bs = predictor.settings.batch_size
     batches = [ids[i:i + bs] for i in range(0, len(ids), bs)]
     out = Path(out_dir) if out_dir is not None else None
@@ -559,8 +567,6 @@ def predict_pool_job(cohort: Cohort, predictor: Predictor, case_ids: Sequence[st
     pipeline = pipeline_of(checkpoint) if checkpoint is not None else predictor.pipeline
     rows, kept, warned = [], {}, {}
     yield Progress("predict", 0, len(ids), f"on {predictor.device_name}")
-    if not batches:
-        return PoolResult(pd.DataFrame(columns=["case_id", *PER_CASE_SCORES]), {}, predictor.device_name, 0.0)
     channels = predictor.config.in_channels
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fairseg-decode") as pool:
         def fetch(i):
@@ -568,7 +574,7 @@ def predict_pool_job(cohort: Cohort, predictor: Predictor, case_ids: Sequence[st
                 return pool.submit(_decode_batch, cohort, batches[i], pipeline, channels)
             return _Ready(_decode_batch(cohort, batches[i], pipeline, channels))
 
-        future = fetch(0)
+        future = fetch(0) if batches else None
         done = 0
         for b in range(len(batches)):
             decoded = future.result()
@@ -604,8 +610,13 @@ def predict_pool_job(cohort: Cohort, predictor: Predictor, case_ids: Sequence[st
                         kept[case.case_id] = pred
             done += len(decoded)
             yield Progress("predict", done, len(ids), batches[b][-1])
-    scores = pd.DataFrame(rows)
-    if out is not None and not scores.empty:
+    if dist.active:  # every rank's rows and warnings, in the callers' case order
+        parts = dist.gather((rows, warned))
+        position = {c: i for i, c in enumerate(order)}
+        rows = sorted((r for part, _ in parts for r in part), key=lambda r: position[r["case_id"]])
+        warned = {c: ws for _, part in parts for c, ws in part.items()}
+    scores = pd.DataFrame(rows) if rows else pd.DataFrame(columns=["case_id", *PER_CASE_SCORES])
+    if out is not None and not scores.empty and dist.is_main:
         write_csv_atomic(out / "scores.csv", scores)
     return PoolResult(scores, kept, predictor.device_name, time.perf_counter() - t0,
                       {c: list(ws) for c, ws in warned.items()},
@@ -614,7 +625,7 @@ def predict_pool_job(cohort: Cohort, predictor: Predictor, case_ids: Sequence[st
 
 def predict_cases_job(cohort: Cohort, model: str | Path | Checkpoint, case_ids: Sequence[str] | None = None, *,
                       settings: InferenceConfig = InferenceConfig(), out_dir: str | Path | None = None,
-                      keep: bool = False, write_maps: bool = True) -> Job[PoolResult]:
+                      keep: bool = False, write_maps: bool = True, dist: Distributed | None = None) -> Job[PoolResult]:
     """Load a checkpoint, then :func:`predict_pool_job` — all inside the job.
 
     The first event is ``Progress("load", 0, 1, "Loading model…")``; the checkpoint is read,
@@ -625,7 +636,7 @@ def predict_cases_job(cohort: Cohort, model: str | Path | Checkpoint, case_ids: 
     ----------
     model : str, path or Checkpoint
         A checkpoint file, or ``brain`` / ``fundus`` for the bundled DEMO checkpoints.
-    case_ids, out_dir, keep, write_maps
+    case_ids, out_dir, keep, write_maps, dist
         As in :func:`predict_pool_job`.
     settings : InferenceConfig
     """
@@ -635,7 +646,7 @@ def predict_cases_job(cohort: Cohort, model: str | Path | Checkpoint, case_ids: 
     predictor = Predictor.from_checkpoint(ckpt, settings)
     yield Progress("load", 1, 1, f"{ckpt.meta.get('display_name') or ckpt.config.network} on {predictor.device_name}")
     return (yield from predict_pool_job(cohort, predictor, case_ids, out_dir=out_dir, keep=keep,
-                                        write_maps=write_maps, checkpoint=ckpt))
+                                        write_maps=write_maps, checkpoint=ckpt, dist=dist))
 
 
 def map_path(cohort: Cohort, out_dir: str | Path, case_id: str, name: str | None = None) -> Path:

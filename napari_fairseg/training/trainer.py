@@ -34,6 +34,7 @@ from ..data.attributes import bin_continuous
 from ..data.manifest import Cohort
 from ..errors import FairSegError, InputDataError
 from ..inference.device import autocast, describe
+from ..inference.distributed import Distributed, session
 from ..inference.domain import cohort_geometry, spacing_unit, training_geometry
 from ..inference.predict import InferenceConfig, Predictor
 from ..metrics.overlap import overlap_metrics
@@ -48,7 +49,6 @@ from ..models.checkpoint import (
 from ..models.networks import ModelConfig, build_network
 from ..options import TRAIN
 from ..progress import Job, Progress
-from .distributed import Distributed, session
 from .losses import LOSSES, per_case_loss, pseudo_label_loss
 from .objectives import OBJECTIVES, Objective, make_objective
 

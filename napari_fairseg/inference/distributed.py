@@ -1,4 +1,4 @@
-"""Training on several processes (GPUs, nodes) with PyTorch's distributed engine.
+"""Training and prediction on several processes (GPUs, nodes) with PyTorch's distributed engine.
 
 Run under ``torchrun`` (``python -m torch.distributed.run``), which sets ``RANK``,
 ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``; without them (or with a
@@ -15,6 +15,12 @@ How :func:`~.trainer.train_job` uses it:
   GroupDRO's q come from all ranks' cases, identically on every rank;
 * GroupDRO's per-batch group losses are summed over the ranks (:meth:`Distributed.all_reduce_sum`);
 * only rank 0 (:attr:`Distributed.is_main`) writes checkpoints and logs.
+
+How :func:`~.predict.predict_pool_job` (``fairseg predict --nproc N``) uses it: each rank
+predicts, scores and writes the outputs of its :meth:`Distributed.shard` of the cases; the score
+rows are gathered, and rank 0 writes ``scores.csv``.
+
+It lives with inference (the layer below training) so that prediction can shard too.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..inference.device import choose_device
+from .device import choose_device
 
 T = TypeVar("T")
 ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
