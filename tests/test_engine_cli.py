@@ -71,3 +71,25 @@ def test_demo_predicts_with_the_bundled_network(tmp_path, capsys):
     assert disc["overall"] > 0.85  # a trained network, far above the atlas baseline
     assert (tmp_path / "audit" / "report.html").is_file()
     assert len(list((tmp_path / "predictions" / "maps").glob("*.npz"))) == 20
+
+
+def test_train_spacing_resamples_every_case_and_is_stored_for_prediction(tmp_path, brain_manifest, capsys):
+    from napari_fairseg.data.pipeline import pipeline_of
+
+    model = tmp_path / "coarse.pt"
+    assert main(["--quiet", "train", str(brain_manifest), "--out", str(model), "--epochs", "1", "--device", "cpu",
+                 "--spacing", "4.5,4.5,6", "--patch", "8,8,8", "--fg-prob", "1"]) == 0
+    ck = load_checkpoint(model)
+    assert pipeline_of(ck).spacing == (4.5, 4.5, 6.0)  # the cases are at 3 mm: not the median
+    assert json.loads(ck.meta["train_config"])["fg_crop_prob"] == 1.0
+    rc = main(["--quiet", "predict", str(brain_manifest), "--model", str(model), "--out", str(tmp_path / "p"),
+               "--split", "test", "--device", "cpu", "--uncertainty", "none"])
+    assert rc == 0
+    pred = next((tmp_path / "p").glob("*.nii.gz"))
+    assert nib.load(str(pred)).shape == (32, 32, 24)  # back on the scan's 3 mm grid
+    # a fine-tuned model keeps its checkpoint's pipeline: another spacing is refused, in one line
+    assert main(["--quiet", "train", str(brain_manifest), "--out", str(tmp_path / "ft.pt"), "--epochs", "1",
+                 "--device", "cpu", "--init", str(model), "--spacing", "3,3,3"]) == 2
+    assert "keeps its checkpoint's ((4.5, 4.5, 6.0) mm)" in capsys.readouterr().err
+    assert main(["--quiet", "train", str(brain_manifest), "--out", str(tmp_path / "bad.pt"), "--spacing", "0,1,1"]) == 2
+    assert "spacing must be three voxel sizes > 0 mm" in capsys.readouterr().err

@@ -115,7 +115,7 @@ def _cmd_train(args) -> int:
         min_support=args.min_support, dro_eta=args.dro_eta, equal_scale_target=args.equal_scale_target,
         pseudo_label_split=args.pseudo_label_split, pseudo_weight=args.pseudo_weight, chi=args.chi,
         val_fraction=args.val_fraction, seed=args.seed, device=args.device, amp=not args.no_amp,
-        workers=args.workers)
+        workers=args.workers, spacing=args.spacing, fg_crop_prob=args.fg_prob)
     model_config = None
     if not (args.resume or args.init):
         overrides = {"dropout": args.dropout}
@@ -294,6 +294,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--features", help="feature widths per level, e.g. 8,16")
     t.add_argument("--dropout", type=float, default=MODEL["dropout"], help="dropout (> 0 enables MC-dropout uncertainty)")
     t.add_argument("--patch", help="training crop / sliding window size, e.g. 96,96,64 (default whole images)")
+    t.add_argument("--spacing", type=_floats,
+                   help="3D: resample every case to this voxel size in mm, e.g. 1,1,1 (default: the training "
+                        "cases' median spacing); stored in the checkpoint, so prediction does the same")
+    t.add_argument("--fg-prob", type=float, default=TRAIN["fg_crop_prob"],
+                   help="patch training: share of crops centred on a labelled voxel (the rest anywhere)")
     t.add_argument("--fairness", choices=OBJECTIVES, default=TRAIN["fairness"])
     t.add_argument("--epochs", type=int, default=TRAIN["epochs"])
     t.add_argument("--batch-size", type=int, default=TRAIN["batch_size"])

@@ -109,6 +109,11 @@ class TrainConfig:
     cache : str or None
         Folder of the persistent cache of preprocessed cases (default
         ``<cache_dir()>/preprocessed``, see :func:`~napari_fairseg.data.synthetic.cache_dir`).
+    spacing : tuple of float or None
+        3D: the voxel size (mm, per RAS axis) every case is resampled to before training — and
+        before prediction, since the pipeline is stored in the checkpoint. Default: the training
+        cases' median spacing (:func:`~napari_fairseg.data.pipeline.pipeline_for`); seed 004
+        uses 1 mm isotropic. A fine-tuned or resumed model keeps its checkpoint's pipeline.
     """
 
     epochs: int = TRAIN["epochs"]
@@ -133,6 +138,7 @@ class TrainConfig:
     augment: bool = TRAIN["augment"]
     workers: int = TRAIN["workers"]
     cache: str | None = TRAIN["cache"]
+    spacing: tuple[float, ...] | None = None
 
     def __post_init__(self):
         if self.loss != "auto" and self.loss not in LOSSES:
@@ -151,6 +157,11 @@ class TrainConfig:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
         object.__setattr__(self, "attributes", tuple(self.attributes))
         object.__setattr__(self, "cache", None if self.cache is None else str(self.cache))
+        if self.spacing is not None:
+            spacing = tuple(float(s) for s in self.spacing)
+            if len(spacing) != 3 or not all(s > 0 for s in spacing):
+                raise ValueError(f"spacing must be three voxel sizes > 0 mm (X, Y, Z), got {self.spacing}")
+            object.__setattr__(self, "spacing", spacing)
 
     def resolved_loss(self, head: str) -> str:
         return ("bce" if head == "sigmoid" else "dicece") if self.loss == "auto" else self.loss
@@ -396,7 +407,17 @@ def _set_up(cohort: Cohort, model_config: ModelConfig | None, config: TrainConfi
             raise InputDataError(cohort.source, f"no cases in split {config.pseudo_label_split!r} for pseudo-labels")
     from .data import pipeline_for, pipeline_of
 
-    pipeline = pipeline_of(init) if init is not None else pipeline_for(cohort, tr_ids, model_config=model_config)
+    if init is not None:
+        if config.spacing is not None and pipeline_of(init).spacing != config.spacing:
+            raise InputDataError(getattr(init, "path", None), "spacing applies to a new model: a fine-tuned or "
+                                 f"resumed one keeps its checkpoint's ({pipeline_of(init).spacing} mm)")
+        pipeline = pipeline_of(init)
+    elif config.spacing is not None:
+        if model_config.spatial_dims != 3:
+            raise InputDataError(cohort.source, "spacing applies to 3D volumes; 2D images keep their pixel grid")
+        pipeline = pipeline_for(cohort, tr_ids, model_config=model_config, spacing=config.spacing)
+    else:
+        pipeline = pipeline_for(cohort, tr_ids, model_config=model_config)
     out = Path(out) if out is not None else None
     log_path = Path(log_path) if log_path is not None else (out.with_name(out.stem + ".log.csv") if out else None)
     return _Run(cohort, config, dist, model_config, pipeline, group_attribute, tr_ids, va_ids, target_ids, loss,
