@@ -154,3 +154,36 @@ def test_fundus_group_effect_cup_to_disc_ratio_and_contrast_by_race(tmp_path):
     black = shipped["race"] == "Black"
     assert shipped.loc[black, "cdr"].mean() - shipped.loc[~black, "cdr"].mean() > 0.12
     assert shipped.loc[black, "contrast"].mean() < shipped.loc[~black, "contrast"].mean() - 0.07
+
+
+def test_part_of_a_brain_cohort_is_made_again_case_for_case(tmp_path, tiny_brain):
+    """`only` writes a few cases of a cohort: each one the whole cohort's, group and split included."""
+    part = make_sample("brain", tmp_path, n_cases=6, seed=3, shape=(32, 32, 24), spacing=3.0,
+                       only={"brain_004", "brain_001"})
+    assert part.case_ids == ["brain_001", "brain_004"]
+    for cid in part.case_ids:
+        a, b = load_case(part, cid), load_case(tiny_brain, cid)
+        assert np.array_equal(a.image, b.image) and np.array_equal(a.label, b.label)
+        assert np.allclose(a.affine, b.affine)
+        cols = ["split", "group", "sex", "age", "local_deformation_mm"]
+        assert part.row(cid)[cols].tolist() == tiny_brain.row(cid)[cols].tolist()
+
+
+def test_whole_field_brain_shows_the_whole_head_with_the_caudate_where_the_template_has_it(tmp_path):
+    from napari_fairseg.data.synthetic import brain_grid
+
+    t1, caudate, t_aff = brain_template()
+    shape, affine = brain_grid("whole", spacing=3.0)
+    assert shape == (67, 79, 64)  # 196×232×188 mm of template (197×233×189 voxels of 1 mm) at 3 mm
+    lo, hi = (t_aff @ [0, 0, 0, 1])[:3], (t_aff @ [*(np.array(t1.shape) - 1), 1])[:3]
+    assert np.allclose(affine[:3, 3] + 3.0 * (np.array(shape) - 1) / 2, (lo + hi) / 2)  # centred on the template
+    cohort = make_sample("brain", tmp_path, n_cases=2, seed=0, spacing=3.0, field="whole")
+    case = load_case(cohort, "brain_000")
+    assert case.image.shape == (1, *shape) and np.allclose(case.affine, affine)
+    # the head reaches each face of the field of view but background (exactly 0) surrounds it
+    assert 0.2 < (case.image[0] == 0).mean() < 0.6
+    world = affine @ np.r_[np.array(np.nonzero(case.label.reshape(shape))).mean(axis=1), 1.0]
+    centroid = t_aff @ np.r_[np.array(np.nonzero(caudate)).mean(axis=1), 1.0]
+    assert np.linalg.norm(world[:3] - centroid[:3]) < 8.0  # where the template has it: a few mm of warp, 3 mm voxels
+    with pytest.raises(ValueError, match="field must be one of"):
+        brain_grid("head")

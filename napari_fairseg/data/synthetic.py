@@ -67,6 +67,7 @@ import importlib.resources
 import json
 import os
 import shutil
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -200,12 +201,16 @@ def _assign_splits(rng, groups: np.ndarray, test_fraction: float) -> np.ndarray:
 def brain_cohort_job(out_dir: str | Path, *, n_cases: int = 24, seed: int = 0, bias: str = "strong",
                      shape: tuple[int, int, int] = (64, 64, 48), spacing: float = 1.5,
                      group1_fraction: float = 0.5, test_fraction: float = 1 / 3,
-                     field: str = "caudate") -> Job[Cohort]:
+                     field: str = "caudate", only: Collection[str] | None = None) -> Job[Cohort]:
     """Write a brain cohort (NIfTI + ``manifest.csv``) and return it; yields one event per case.
 
     ``field`` (:data:`BRAIN_FIELDS`): ``caudate``, ``shape`` voxels around the caudate (the
     sample's default), or ``whole``, the template's whole field of view at ``spacing`` (132×156×127
     voxels at 1.5 mm): whole-head scans, on which a model learns what is *not* the caudate.
+
+    ``only``: write (and list in the manifest) only these case ids. Every case draws from its own
+    seed, so each is exactly the case the whole cohort holds, with its group and split: a part
+    of a large cohort can be made again without the rest.
     """
     if bias not in BIAS:
         raise ValueError(f"bias must be one of {tuple(BIAS)}, got {bias!r}")
@@ -224,6 +229,8 @@ def brain_cohort_job(out_dir: str | Path, *, n_cases: int = 24, seed: int = 0, b
     shape = brain_grid(field, shape=shape, spacing=spacing)[0]
     for i, g in enumerate(groups):
         cid = f"brain_{i:03d}"
+        if only is not None and cid not in only:
+            continue
         case_rng = np.random.default_rng([seed, i])
         local = float(case_rng.normal(mu, sigma)) if g == "Group 1" else None
         img, lab, affine = warp_brain_case(case_rng, shape=shape, spacing=spacing, local_mm=local, field=field)

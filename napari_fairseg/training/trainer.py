@@ -619,7 +619,8 @@ def train_job(cohort: Cohort, model_config: ModelConfig | None = None, config: T
         run.meta.update({"classes": cohort.classes, "cohort": cohort.name, "attributes": cohort.attributes,
                          "group_attribute": run.group_attribute, "device": describe(dist.device), "loss": run.loss,
                          "train_config": json.dumps(asdict(config)), "n_train": len(run.train_ids),
-                         "n_val": len(run.val_ids), "pipeline": run.pipeline.to_json(), "world_size": dist.world_size})
+                         "n_val": len(run.val_ids), "val_ids": list(run.val_ids), "pipeline": run.pipeline.to_json(),
+                         "world_size": dist.world_size})
         fed = []
         for epoch in range(run.start_epoch, config.epochs):
             t_epoch = time.perf_counter()
