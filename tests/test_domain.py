@@ -189,3 +189,18 @@ def test_an_rgb_photo_on_a_one_channel_model_is_converted_to_grey_with_a_note(tm
     result = run_job(predict_cases_job(cohort, "fundus", ["eye"], settings=InferenceConfig(device="cpu"), keep=True))
     assert result.predictions["eye"].label.shape == (48, 40)
     assert result.warnings["eye"][0].message == GREY_NOTE and GREY_NOTE in result.scores.loc[0, "warnings"]
+
+
+def test_a_resampling_model_compares_fields_of_view_in_mm_not_voxel_counts(brain_model):
+    """A 0.5 mm scan of the same 96 mm field has 3× the voxels: no warning when the pipeline
+    resamples, a size warning when it does not; a 300 mm field is far from 96 mm either way."""
+    box = {"median": [64, 64, 48], "min": [64, 64, 48], "max": [64, 64, 48]}
+    record = {**brain_model.meta["training_geometry"], "size": box,
+              "spacing": {k: [1.5, 1.5, 1.5] for k in ("median", "min", "max")}}
+    fine = np.random.default_rng(0).uniform(0, 1, (1, 192, 192, 144)).astype(np.float32)
+    assert [w.kind for w in check_input(record, fine, (0.5, 0.5, 0.5), resampled=True)] == []
+    assert [w.kind for w in check_input(record, fine, (0.5, 0.5, 0.5))] == ["spacing", "size"]
+    wide = check_input(record, fine, (1.6, 1.6, 2.1), resampled=True)
+    assert [w.kind for w in wide] == ["size"]
+    assert wide[0].message.startswith("field of view 307×307×302 mm is far from the model's training images "
+                                      "(96×96×72 mm)")

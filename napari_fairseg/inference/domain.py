@@ -197,7 +197,8 @@ def check_input(source, image: np.ndarray, spacing: Sequence[float] | None = Non
     resampled : bool
         The model's pipeline brings the input to its training spacing
         (:attr:`~napari_fairseg.data.pipeline.Pipeline.spacing` set): a different spacing is
-        no longer a warning. The other checks stay.
+        no longer a warning, and the size check compares fields of view in mm (the training
+        images' sizes times their median spacing), not voxel counts. The other checks stay.
 
     Returns
     -------
@@ -231,9 +232,15 @@ def check_input(source, image: np.ndarray, spacing: Sequence[float] | None = Non
                                                 "resample the scan to the training spacing"))
     sz, shape = record["size"], image.shape[1:]
     unit = "pixels" if dims == 2 else "voxels"
-    if any(_outside(s, lo, hi, SIZE_TOLERANCE) for s, lo, hi in zip(shape, sz["min"], sz["max"], strict=True)):
-        rng = _fmt(sz["median"], 0) if sz["min"] == sz["max"] else f"{_fmt(sz['min'], 0)} to {_fmt(sz['max'], 0)}"
-        out.append(DomainWarning("size", f"image size {_fmt(shape, 0)} {unit} is far from the model's training "
+    lo_hi = [sz["min"], sz["max"]]
+    in_mm = resampled and spacing is not None and len(spacing) == dims and record.get("spacing_unit", "mm") == "mm"
+    if in_mm:  # the pipeline resamples: what matters is the field of view, in mm
+        unit, shape = "mm", [n * float(s) for n, s in zip(shape, spacing, strict=True)]
+        lo_hi = [[n * m for n, m in zip(b, sp["median"], strict=True)] for b in lo_hi]
+    if any(_outside(s, lo, hi, SIZE_TOLERANCE) for s, lo, hi in zip(shape, *lo_hi, strict=True)):
+        rng = _fmt(lo_hi[0], 0) if lo_hi[0] == lo_hi[1] else f"{_fmt(lo_hi[0], 0)} to {_fmt(lo_hi[1], 0)}"
+        what = "field of view" if in_mm else "image size"
+        out.append(DomainWarning("size", f"{what} {_fmt(shape, 0)} {unit} is far from the model's training "
                                          f"images ({rng} {unit}): it sees a field of view it was not trained on, "
                                          "so results may be unreliable; crop or resample the image"))
     out += _intensity_warnings(record["intensity"], image)
