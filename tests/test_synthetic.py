@@ -178,7 +178,8 @@ def test_whole_field_brain_shows_the_whole_head_with_the_caudate_where_the_templ
     lo, hi = (t_aff @ [0, 0, 0, 1])[:3], (t_aff @ [*(np.array(t1.shape) - 1), 1])[:3]
     assert np.allclose(affine[:3, 3] + 3.0 * (np.array(shape) - 1) / 2, (lo + hi) / 2)  # centred on the template
     cohort = make_sample("brain", tmp_path, n_cases=2, seed=0, spacing=3.0, field="whole")
-    case = load_case(cohort, "brain_000")
+    assert cohort.case_ids == ["head_000", "head_001"]
+    case = load_case(cohort, "head_000")
     assert case.image.shape == (1, *shape) and np.allclose(case.affine, affine)
     # the head reaches each face of the field of view but background (exactly 0) surrounds it
     assert 0.2 < (case.image[0] == 0).mean() < 0.6
@@ -187,3 +188,20 @@ def test_whole_field_brain_shows_the_whole_head_with_the_caudate_where_the_templ
     assert np.linalg.norm(world[:3] - centroid[:3]) < 8.0  # where the template has it: a few mm of warp, 3 mm voxels
     with pytest.raises(ValueError, match="field must be one of"):
         brain_grid("head")
+
+
+def test_the_two_brain_fields_merge_into_one_training_manifest(tmp_path, tiny_brain, fundus):
+    """How `make zoo` trains the bundled brain model on caudate crops and whole heads at once."""
+    from napari_fairseg.data.manifest import merge_cohorts, read_manifest, write_manifest
+    from napari_fairseg.errors import InputDataError
+
+    head = make_sample("brain", tmp_path / "head", n_cases=2, seed=0, spacing=6.0, field="whole")
+    path = write_manifest(merge_cohorts([tiny_brain, head], name="both"), tmp_path / "both.csv")
+    both = read_manifest(path)  # files found from the new manifest's folder
+    assert both.case_ids == tiny_brain.case_ids + ["head_000", "head_001"] and both.kind == "nifti"
+    assert both.row("head_001")["split"] == head.row("head_001")["split"]
+    assert load_case(both, "head_000").image.shape == load_case(head, "head_000").image.shape
+    with pytest.raises(InputDataError, match=r"case ids in more than one cohort: \['head_000', 'head_001'\]"):
+        merge_cohorts([head, head], name="twice")
+    with pytest.raises(InputDataError, match="cannot merge a fairseg cohort"):
+        merge_cohorts([head, fundus], name="mixed")

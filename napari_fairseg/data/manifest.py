@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -308,6 +309,30 @@ def read_manifest(path: str | Path, *, check_files: bool = True) -> Cohort:
     if check_files:
         cohort.check_files()
     return cohort
+
+
+def merge_cohorts(cohorts: Sequence[Cohort], *, name: str) -> Cohort:
+    """One cohort listing the cases of several (of one kind, with the same classes).
+
+    Splits and attributes are kept as they are (a column one cohort lacks is empty for its
+    cases); write it with :func:`write_manifest` to train on all of them at once.
+
+    Raises
+    ------
+    InputDataError
+        Different kinds or classes, or a case id in more than one cohort.
+    """
+    first = cohorts[0]
+    for other in cohorts[1:]:
+        if (other.kind, other.classes) != (first.kind, first.classes):
+            raise InputDataError(other.source, f"cannot merge a {other.kind} cohort with classes {other.classes} "
+                                 f"into a {first.kind} one with classes {first.classes}")
+    cases = pd.concat([c.cases for c in cohorts], ignore_index=True)
+    repeated = sorted(set(cases.loc[cases["case_id"].duplicated(), "case_id"]))
+    if repeated:
+        raise InputDataError(None, f"case ids in more than one cohort: {repeated[:5]}")
+    notes = [f"merged from {', '.join(c.name for c in cohorts)}"] + [n for c in cohorts for n in c.notes]
+    return Cohort(cases, first.kind, dict(first.classes), name, notes)
 
 
 def refuse_overwriting_inputs(out: str | Path, cohort: Cohort, *, also=()) -> None:

@@ -131,6 +131,10 @@ def _rotation(rng, max_deg):
 _WARP_CTRL, _BIAS_CTRL, _WARP_MM, _BIAS_MM = (5, 5, 4), (3, 3, 3), (19.2, 19.2, 18.0), 32.0
 
 
+#: case-id prefix of each brain field
+BRAIN_PREFIX = {"caudate": "brain", "whole": "head"}
+
+
 def brain_grid(field: str, *, shape=(64, 64, 48), spacing: float = 1.5) -> tuple[tuple[int, ...], np.ndarray]:
     """The output grid of a brain case: ``(shape, affine)``, RAS, ``spacing`` mm isotropic.
 
@@ -208,7 +212,8 @@ def brain_cohort_job(out_dir: str | Path, *, n_cases: int = 24, seed: int = 0, b
     sample's default), or ``whole``, the template's whole field of view at ``spacing`` (132×156×127
     voxels at 1.5 mm): whole-head scans, on which a model learns what is *not* the caudate.
 
-    ``only``: write (and list in the manifest) only these case ids. Every case draws from its own
+    Case ids are ``brain_<i>`` for the caudate field and ``head_<i>`` for the whole one, so the
+    two can share a manifest. ``only``: write (and list in the manifest) only these case ids. Every case draws from its own
     seed, so each is exactly the case the whole cohort holds, with its group and split: a part
     of a large cohort can be made again without the rest.
     """
@@ -228,7 +233,7 @@ def brain_cohort_job(out_dir: str | Path, *, n_cases: int = 24, seed: int = 0, b
     yield Progress("template", 0, n_cases, "loading the MNI152 template")
     shape = brain_grid(field, shape=shape, spacing=spacing)[0]
     for i, g in enumerate(groups):
-        cid = f"brain_{i:03d}"
+        cid = f"{BRAIN_PREFIX[field]}_{i:03d}"
         if only is not None and cid not in only:
             continue
         case_rng = np.random.default_rng([seed, i])
