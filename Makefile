@@ -47,19 +47,24 @@ mutate: $(STAMP)
 	FAIRSEG_MUTATION=1 OMP_NUM_THREADS=1 $(BIN)/mutmut run --max-children 2 $(MUTANTS)
 	$(BIN)/python benchmarks/mutation_report.py
 
-# Rebuild the bundled checkpoints (napari_fairseg/models/bundled/README.md).
+# Rebuild the bundled checkpoints (napari_fairseg/models/bundled/README.md). The brain model
+# learns from 64×64×48 crops around the caudate and from patches of whole heads, so it works on both.
 ZOO := napari_fairseg/models/bundled
+ZOO_EPOCHS ?= 200
 zoo: $(STAMP)
 	$(BIN)/fairseg --quiet sample brain --out build/zoo/brain
-	$(BIN)/fairseg --quiet train build/zoo/brain/manifest.csv --out build/zoo/brain-light-unet.pt \
-	    --network light_unet --dropout 0.1 --epochs 150 --lr 3e-3 --seed 0
+	$(BIN)/fairseg --quiet sample brain --field whole --out build/zoo/head
+	$(BIN)/python -c "from napari_fairseg.data.manifest import merge_cohorts as m, read_manifest as r, write_manifest as w; \
+	    w(m([r('build/zoo/brain/manifest.csv'), r('build/zoo/head/manifest.csv')], name='brain-zoo'), 'build/zoo/brain-zoo.csv')"
+	$(BIN)/fairseg --quiet train build/zoo/brain-zoo.csv --out build/zoo/brain-light-unet.pt \
+	    --network light_unet --features 8,16,32,64 --dropout 0.1 --patch 64,64,48 --epochs $(ZOO_EPOCHS) --lr 3e-3 --seed 0
 	$(BIN)/fairseg --quiet train sample_data/fundus --out build/zoo/fundus-unet2d.pt \
 	    --network unet --features 8,16,32,64 --dropout 0.1 --epochs 60 --lr 3e-3 --seed 0
 	$(BIN)/python -c "from napari_fairseg.training.trainer import record_training_geometry as r; \
 	    from napari_fairseg.data.readers import open_cohort as o; from napari_fairseg.models.zoo import BUNDLED_META as m; \
-	    r('build/zoo/brain-light-unet.pt', '$(ZOO)/brain-light-unet.pt', o('build/zoo/brain/manifest.csv'), meta=m['brain']); \
+	    r('build/zoo/brain-light-unet.pt', '$(ZOO)/brain-light-unet.pt', o('build/zoo/brain-zoo.csv'), meta=m['brain']); \
 	    r('build/zoo/fundus-unet2d.pt', '$(ZOO)/fundus-unet2d.pt', o('sample_data/fundus'), meta=m['fundus'])"
-	cp build/zoo/*.log.csv $(ZOO)/
+	cp build/zoo/brain-light-unet.log.csv build/zoo/fundus-unet2d.log.csv $(ZOO)/
 
 clean:
 	rm -rf $(VENV) demo_output build *.egg-info mutants

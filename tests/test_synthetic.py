@@ -198,7 +198,7 @@ def test_the_two_brain_fields_merge_into_one_training_manifest(tmp_path, tiny_br
     head = make_sample("brain", tmp_path / "head", n_cases=2, seed=0, spacing=6.0, field="whole")
     path = write_manifest(merge_cohorts([tiny_brain, head], name="both"), tmp_path / "both.csv")
     both = read_manifest(path)  # files found from the new manifest's folder
-    assert both.case_ids == tiny_brain.case_ids + ["head_000", "head_001"] and both.kind == "nifti"
+    assert both.case_ids == [*tiny_brain.case_ids, "head_000", "head_001"] and both.kind == "nifti"
     assert both.row("head_001")["split"] == head.row("head_001")["split"]
     assert load_case(both, "head_000").image.shape == load_case(head, "head_000").image.shape
     with pytest.raises(InputDataError, match=r"case ids in more than one cohort: \['head_000', 'head_001'\]"):

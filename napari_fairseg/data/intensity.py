@@ -82,8 +82,13 @@ def normalise_channels(image: np.ndarray, *, clip: Sequence[float] | None, norma
         voxels, which alone are changed (zeros stay zero, so the values do not depend on how
         much empty field of view surrounds the scan; the z-score is MONAI's
         ``NormalizeIntensity(nonzero=True, channel_wise=True)``), ``minmax`` mapping their
-        minimum and maximum to 0 and 1; a constant foreground becomes 0. ``image``: the whole
-        image counts, and the normalisation is :func:`normalise_intensity`'s.
+        minimum and maximum to 0 and 1; a constant foreground becomes 0. ``tissue``: the
+        statistics come from the channel's *tissue* voxels (:func:`tissue_mask`: above its
+        background level plus :data:`TISSUE_LEVEL` of its range), then every voxel is clipped
+        and normalised with them — a zero or a noisy background, a whole head or a crop of it
+        give the tissue the same values, and the background falls to the lowest clipped
+        value. ``image``: the whole image counts, and the normalisation is
+        :func:`normalise_intensity`'s.
     """
     img = np.array(image, dtype=np.float32)
     if not np.isfinite(img).all():
@@ -94,22 +99,42 @@ def normalise_channels(image: np.ndarray, *, clip: Sequence[float] | None, norma
                 lo, hi = np.percentile(img[c], clip)
                 np.clip(img[c], lo, hi, out=img[c])
         return normalise_intensity(img, normalise, source=source)
-    if statistics != "foreground":
-        raise ValueError(f"statistics must be 'foreground' or 'image', got {statistics!r}")
+    if statistics not in ("foreground", "tissue"):
+        raise ValueError(f"statistics must be 'foreground', 'tissue' or 'image', got {statistics!r}")
+    if normalise not in ("zscore", "minmax", "none"):
+        raise ValueError(f"normalise must be one of ('zscore', 'minmax', 'none'), got {normalise!r}")
     for c in range(img.shape[0]):
-        fg = img[c] != 0
+        # the voxels that give the statistics, and the voxels that change
+        fg = img[c] != 0 if statistics == "foreground" else tissue_mask(img[c])
         if not fg.any():
             continue
-        vals = img[c][fg].astype(np.float64)
+        where = fg if statistics == "foreground" else np.ones_like(fg)
+        ref = img[c][fg].astype(np.float64)
+        vals = img[c][where].astype(np.float64)
         if clip is not None:
-            vals = np.clip(vals, *np.percentile(vals, clip))
+            lo, hi = np.percentile(ref, clip)
+            ref, vals = np.clip(ref, lo, hi), np.clip(vals, lo, hi)
         if normalise == "zscore":
-            sd = vals.std()
-            vals = (vals - vals.mean()) / sd if sd > 0 else np.zeros_like(vals)
+            sd = ref.std()
+            vals = (vals - ref.mean()) / sd if sd > 0 else np.zeros_like(vals)
         elif normalise == "minmax":
-            lo, hi = vals.min(), vals.max()
+            lo, hi = ref.min(), ref.max()
             vals = (vals - lo) / (hi - lo) if hi > lo else np.zeros_like(vals)
-        elif normalise != "none":
-            raise ValueError(f"normalise must be one of ('zscore', 'minmax', 'none'), got {normalise!r}")
-        img[c][fg] = vals.astype(np.float32)
+        img[c][where] = vals.astype(np.float32)
     return img
+
+
+#: where tissue starts in a channel's range, from its background level (0.5th percentile) to its
+#: 99.5th percentile: MRI tissue lies well above 10 % of it, background noise and air below
+TISSUE_LEVEL = 0.1
+
+
+def tissue_mask(channel: np.ndarray) -> np.ndarray:
+    """Voxels of one channel ``(*spatial)`` above ``p0.5 + TISSUE_LEVEL · (p99.5 − p0.5)``.
+
+    Independent of how much background surrounds the tissue, and of whether that background is
+    exactly zero (a masked template) or noise (a magnitude MR image). A constant channel has
+    no tissue (an all-False mask).
+    """
+    lo, hi = np.percentile(channel, (0.5, 99.5))
+    return channel > lo + TISSUE_LEVEL * (hi - lo) if hi > lo else np.zeros(channel.shape, bool)

@@ -16,14 +16,19 @@ The transforms, in order (each spatial step is MONAI's and recorded in the image
     orientation   3D: Orientationd to ``orientation`` (e.g. RAS)
     spacing       3D: Spacingd to ``spacing`` mm, bilinear for the image, nearest for the label
     size          2D: Resized to ``size``, bilinear / nearest
-    intensity     per channel: percentile clip, then z-score / min-max, over the foreground
+    intensity     per channel: percentile clip, then z-score / min-max, over the tissue (3D) or
+                  the foreground (2D)
 
-*Foreground statistics* (``statistics="foreground"``): percentiles, mean and standard deviation
-are taken over the channel's non-zero voxels only, and zero voxels stay zero — what MONAI's
-``NormalizeIntensityd(nonzero=True, channel_wise=True)`` does for the z-score — so a scan and
-the same scan in a larger zero-padded field of view get the same values. Checkpoints written
-before pipelines existed normalise over the whole image (``statistics="image"``,
-:func:`legacy_pipeline`) and keep doing so.
+*Tissue statistics* (``statistics="tissue"``, new 3D pipelines): percentiles, mean and standard
+deviation are taken over the channel's voxels above its background level plus 10 % of its
+range (:func:`~.intensity.tissue_mask`), and every voxel is clipped and normalised with them. A
+brain and the same brain in a larger field of view, with a zero background (a masked template)
+or a noisy one (a magnitude MR image), or a crop of it, get nearly the same tissue values.
+*Foreground statistics* (``statistics="foreground"``, 2D): over the channel's non-zero voxels
+only, and zero voxels stay zero — what MONAI's ``NormalizeIntensityd(nonzero=True,
+channel_wise=True)`` does for the z-score; a background of noise counts as foreground here.
+Checkpoints written before pipelines existed normalise over the whole image
+(``statistics="image"``, :func:`legacy_pipeline`) and keep doing so.
 
 MAMA-MIA breast box
 -------------------
@@ -80,7 +85,7 @@ from .readers import read_breast_box
 PIPELINE_VERSION = 1
 CROPS = ("foreground", "box", "none")
 NORMALISE = ("zscore", "minmax", "none")
-STATISTICS = ("foreground", "image")
+STATISTICS = ("foreground", "tissue", "image")
 #: Target spacings a pipeline (perhaps from a hostile checkpoint) may ask for, in mm.
 SPACING_RANGE = (0.05, 50.0)
 #: Largest 2D target size per axis, in pixels.
@@ -153,7 +158,9 @@ class Pipeline:
         2D: resize every image to this ``(H, W)``; ``None`` keeps the size.
     statistics : str
         ``foreground``: clip and normalisation statistics over each channel's non-zero voxels,
-        zeros kept (independent of the field of view); ``image``: over the whole image, exactly
+        zeros kept; ``tissue`` (the default of new 3D pipelines): over each channel's tissue
+        voxels (:func:`~.intensity.tissue_mask`), every voxel normalised with them — independent
+        of the field of view and of a zero or noisy background; ``image``: over the whole image, exactly
         :func:`~napari_fairseg.models.preprocess.normalise_intensity` (checkpoints from before
         pipelines, :func:`legacy_pipeline`).
     """
@@ -317,7 +324,8 @@ def pipeline_for(cohort: Cohort, case_ids: Sequence[str] | None = None, *, model
     """The default pipeline for training on ``cohort``'s cases ``case_ids`` (default: all).
 
     3D volumes: orientation RAS, the cases' median spacing (per RAS axis, read from the headers),
-    foreground crop — the breast box for MAMA-MIA. 2D images: no resampling or crop, native size.
+    foreground crop — the breast box for MAMA-MIA —, tissue statistics. 2D images: no resampling
+    or crop, native size, foreground statistics.
     ``model_config`` (a :class:`~napari_fairseg.models.networks.ModelConfig`) gives the spatial
     dimensions and the normalisation (its ``intensity``); ``overrides`` replace any field
     (``spacing=(1.0, 1.0, 1.0)`` for seed 004's 1 mm grid).
@@ -338,7 +346,7 @@ def pipeline_for(cohort: Cohort, case_ids: Sequence[str] | None = None, *, model
     if model_config is not None:
         base["normalise"] = model_config.intensity
     if dims == 3:
-        base.update(orientation="RAS", crop=kind_of(cohort).crop)
+        base.update(orientation="RAS", crop=kind_of(cohort).crop, statistics="tissue")
         if "spacing" not in overrides and ids and _is_volume(cohort):
             orientation = overrides.get("orientation", "RAS")
             spacings = np.array([case_spacing(cohort, cid, orientation) for cid in ids])

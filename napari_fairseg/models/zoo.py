@@ -19,10 +19,11 @@ BUNDLED = {"brain": "brain-light-unet.pt", "fundus": "fundus-unet2d.pt"}
 #: Metadata written into the bundled checkpoints (``make zoo``) and shown wherever they are listed.
 BUNDLED_META = {
     "brain": {"display_name": "brain DEMO (synthetic, caudate)",
-              "description": "DEMO model trained on synthetic data: a light 3D U-Net for the left caudate, "
-                             "trained on 12 synthetic brains (the MNI152 template warped, 64×64×48 voxels at "
-                             "1.5 mm, `fairseg sample brain`). Not for real scans: other spacings, sizes or "
-                             "modalities give unreliable results."},
+              "description": "DEMO model trained on synthetic data: a light 3D U-Net (4 levels) for the left "
+                             "caudate, trained on 24 synthetic T1 brains (the MNI152 template warped; 12 crops of "
+                             "64×64×48 voxels around the caudate and 12 whole heads, 1.5 mm; `make zoo`). Scans "
+                             "are resampled to 1.5 mm RAS and normalised over their tissue first. Not for real "
+                             "scans: other anatomy, contrasts or modalities give unreliable results."},
     "fundus": {"display_name": "fundus DEMO (synthetic, disc/cup)",
                "description": "DEMO model trained on synthetic data: a 2D U-Net for optic disc and cup, trained "
                               "on 30 synthetic SLO fundus images (128×128, one channel, the bundled "
