@@ -115,7 +115,7 @@ def test_round_needs_labels_or_a_model(tmp_path, al_cohort):
         run_job(round_job(project, RoundConfig(group_attribute="ethnicity", **FAST)))
     with pytest.raises(InputDataError, match="split 'pool' has no cases"):
         run_job(round_job(project, RoundConfig(pool_split="pool", **FAST)))
-    with pytest.raises(InputDataError, match="another task|input channel|dimension|classes|fit"):
+    with pytest.raises(InputDataError, match="another task|input channel|dimension|classes|fit|holds 2D images"):
         run_job(round_job(project, RoundConfig(**FAST), model="brain"))  # a 3D model for a 2D cohort
     with pytest.raises(ValueError, match="strategy must be one of"):
         RoundConfig(strategy="entropy-max")

@@ -329,7 +329,7 @@ def test_the_model_loads_inside_the_job(tmp_path, tiny_brain):
     assert list(res.predictions) == tiny_brain.case_ids[:1]
 
 
-def test_a_whole_image_model_slides_its_training_size_over_much_larger_images():
+def test_a_whole_image_model_slides_its_training_size_over_much_larger_images(tmp_path):
     """Far larger inputs than a whole-image model was trained on go through windows of its
     training size (MONAI's sliding windows, Gaussian blending): progress and Cancel per window
     batch, bounded memory; inputs near the training size still run whole."""
@@ -337,10 +337,15 @@ def test_a_whole_image_model_slides_its_training_size_over_much_larger_images():
     from monai.inferers import sliding_window_inference
 
     from napari_fairseg.inference import InferenceConfig, Predictor
-    from napari_fairseg.models.checkpoint import load_checkpoint
+    from napari_fairseg.models.checkpoint import load_checkpoint, save_checkpoint
     from napari_fairseg.models.zoo import bundled_checkpoint
 
-    ckpt = load_checkpoint(bundled_checkpoint("brain"))
+    # the bundled brain network as if trained on whole 64×64×48 images (no patch)
+    brain = load_checkpoint(bundled_checkpoint("brain"))
+    geometry = {**brain.meta["training_geometry"], "size": {k: [64, 64, 48] for k in ("median", "min", "max")}}
+    ckpt = load_checkpoint(save_checkpoint(tmp_path / "whole.pt", brain.build(torch.device("cpu")),
+                                           brain.config.replace(patch_size=None),
+                                           {**brain.meta, "training_geometry": geometry}))
     assert ckpt.config.patch_size is None
     p = Predictor.from_checkpoint(ckpt, InferenceConfig(device="cpu", amp=False))
     assert p.window == (64, 64, 48)  # the training images' largest size, a multiple of the divisor

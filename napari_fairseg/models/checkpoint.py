@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..data.atomic import write_bytes_atomic
+from ..data.kinds import kind_of
 from ..data.manifest import Cohort
 from ..errors import InputDataError, json_object
 from .networks import ModelConfig, build_network
@@ -182,6 +183,9 @@ def check_compatible(ckpt: Checkpoint, cohort: Cohort, *, image_shape: tuple[int
         raise InputDataError(where, f"the checkpoint predicts label values {cfg.label_values} "
                              f"({_names(ckpt.classes)}) but cohort {cohort.name!r} uses {values} "
                              f"({_names(cohort.classes)}): it was trained for another task")
+    if kind_of(cohort).spatial_dims == 2 and cfg.spatial_dims != 2:  # known before any case is read
+        raise InputDataError(where, f"the checkpoint is a {cfg.spatial_dims}D model but cohort {cohort.name!r} "
+                             f"holds 2D images ({cohort.kind})")
     if image_shape is not None:
         c, spatial = image_shape[0], image_shape[1:]
         if len(spatial) != cfg.spatial_dims:

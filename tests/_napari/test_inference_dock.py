@@ -42,8 +42,8 @@ def test_inference_dock_runs_on_the_case_and_the_cohort(make_napari_viewer, qtbo
     assert roi.any() and not (roi & ~ref.maps["roi"]).any() and roi.sum() < ref.maps["roi"].sum()
     assert f"masked scaled entropy {ref.scores['masked_entropy']:.4f}" in dock.status.text()
     assert "cpu" in dock.status.text()
-    # tiny_brain has 3 mm voxels; the bundled model saw 1.5 mm: the dock says so beside the result
-    assert not dock.warning.isHidden() and "spacing" in dock.warning.text() and "1.5" in dock.warning.toolTip()
+    # tiny_brain has 3 mm voxels; the bundled model's pipeline resamples them to its 1.5 mm: no warning
+    assert dock.warning.isHidden()
     shot(viewer, "inference_dock")
     dock.uncertainty_combo.setCurrentText("mc")
     dock.passes.setValue(2)
@@ -62,6 +62,23 @@ def test_inference_dock_runs_on_the_case_and_the_cohort(make_napari_viewer, qtbo
     qtbot.waitUntil(lambda: (tmp_path / "preds" / "scores.csv").is_file(), timeout=60_000)
     qtbot.waitUntil(lambda: "Predicted" in dock.status.text(), timeout=10_000)
     assert len(list((tmp_path / "preds").glob("brain_*.nii.gz"))) == len(tiny_brain)
+
+
+def test_a_scan_unlike_the_training_data_gets_a_warning_beside_the_result(make_napari_viewer, qtbot, open_dock,
+                                                                          tmp_path):
+    from napari_fairseg.data.synthetic import make_sample
+
+    narrow = make_sample("brain", tmp_path / "narrow", n_cases=2, seed=3, shape=(12, 12, 10), spacing=3.0)
+    viewer = make_napari_viewer()
+    cohort_dock, dock = open_dock(viewer, "Cohort"), open_dock(viewer, "Model & inference")
+    cohort_dock.load(narrow.source)
+    cohort_dock.open_case(narrow.case_ids[0])
+    dock.device_combo.setCurrentText("cpu")
+    qtbot.mouseClick(dock.run_case_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: f"{narrow.case_ids[0]} prediction" in viewer.layers, timeout=60_000)
+    qtbot.waitUntil(lambda: not dock.warning.isHidden(), timeout=10_000)
+    assert "(size)" in dock.warning.text()  # 36 mm: the model saw 96 mm crops to whole heads
+    assert "36×36×30 mm is far from the model's training images (96×96×72 to 198×234×190 mm)" in dock.warning.toolTip()
 
 
 def test_a_bad_checkpoint_fails_in_the_worker_with_a_clear_message(make_napari_viewer, qtbot, open_dock, tiny_brain,
