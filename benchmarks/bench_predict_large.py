@@ -50,7 +50,7 @@ def main() -> None:
         tmp = Path(tmp)
         subprocess.run(fairseg("sample", "breast", "--out", str(tmp / "breast"), "--cases", str(args.cases)), check=True)
         cohort = open_cohort(tmp / "breast")
-        test = cohort.cases.loc[cohort.cases["split"] == "test", "case_id"].tolist()[0]
+        test = cohort.case_ids[-1]  # any case: the model is there to be timed, not to segment
         model = tmp / "m.pt"
         subprocess.run(fairseg("train", str(tmp / "breast"), "--out", str(model), "--spacing", "1,1,1",
                                "--patch", "64,64,32", "--epochs", "1", "--val-fraction", "0", "--dropout", "0.1",
