@@ -222,3 +222,23 @@ def test_a_resampling_model_compares_fields_of_view_in_mm_not_voxel_counts(brain
     assert [w.kind for w in wide] == ["size"]
     assert wide[0].message.startswith("field of view 307×307×302 mm is far from the model's training images "
                                       "(96×96×72 mm)")
+
+
+def test_a_scan_in_scanner_units_is_not_warned_when_the_pipeline_normalises(tmp_path, brain_model, capsys):
+    """MNI152 ×1000 as int16 (scanner-like units): the same prediction, and no intensity warning,
+    since the model z-scores every scan; a model that does not normalise is still warned."""
+    from nilearn.datasets import load_mni152_template
+
+    mni = load_mni152_template(resolution=2)
+    data = np.asarray(mni.dataobj, dtype=np.float32)
+    for name, arr in (("plain", data), ("scanner", (data * 1000).astype(np.int16))):
+        (tmp_path / name).mkdir()
+        nib.save(nib.Nifti1Image(arr, mni.affine), str(tmp_path / name / "mni.nii.gz"))
+        assert main(["--quiet", "predict", str(tmp_path / name), "--model", "brain", "--out", str(tmp_path / f"p{name}"),
+                     "--device", "cpu", "--uncertainty", "none"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    a, b = (np.asarray(nib.load(str(tmp_path / f"p{n}" / "mni.nii.gz")).dataobj) for n in ("plain", "scanner"))
+    assert (a > 0).sum() > 500 and np.mean(a == b) > 0.999
+    scaled = (data * 1000)[None]
+    assert kinds(brain_model, scaled, None) == ["intensity"]  # compared when nothing normalises
+    assert check_input(brain_model, scaled, None, normalised=True) == []

@@ -93,3 +93,12 @@ def test_train_spacing_resamples_every_case_and_is_stored_for_prediction(tmp_pat
     assert "keeps its checkpoint's ((4.5, 4.5, 6.0) mm)" in capsys.readouterr().err
     assert main(["--quiet", "train", str(brain_manifest), "--out", str(tmp_path / "bad.pt"), "--spacing", "0,1,1"]) == 2
     assert "spacing must be three voxel sizes > 0 mm" in capsys.readouterr().err
+
+
+def test_audit_without_a_predictions_folder_and_train_without_validation_say_so(tmp_path, brain_manifest, capsys):
+    assert main(["--quiet", "audit", str(brain_manifest), "--predictions", str(tmp_path / "none"),
+                 "--out", str(tmp_path / "a")]) == 2
+    assert "--predictions is not a folder (run fairseg predict first" in capsys.readouterr().err
+    assert main(["--quiet", "train", str(brain_manifest), "--out", str(tmp_path / "m.pt"), "--epochs", "1",
+                 "--device", "cpu", "--val-fraction", "0", "--patch", "16,16,16"]) == 0
+    assert "no validation cases (--val-fraction 0" in capsys.readouterr().out

@@ -128,7 +128,7 @@ def test_checkpoint_for_another_task_is_refused(tmp_path, tiny_brain, fundus):
     with pytest.raises(InputDataError, match="trained for another task"):
         check_compatible(ck, tiny_brain)
     check_compatible(ck, fundus, image_shape=(1, 128, 128))
-    with pytest.raises(InputDataError, match="expects 1 image channel"):
+    with pytest.raises(InputDataError, match=r"has 3 image channel\(s\) but the checkpoint f.pt expects 1"):
         check_compatible(ck, fundus, image_shape=(3, 128, 128))
     with pytest.raises(InputDataError, match="2D model but cohort"):
         check_compatible(ck, fundus, image_shape=(1, 8, 8, 8))

@@ -40,6 +40,9 @@ def _cmd_audit(args) -> int:
 
     cohort = open_cohort(args.cohort, metadata=args.metadata, classes=parse_classes(args.classes))
     # nor may the report land on the predictions it audits (a heatmap PNG can bear a prediction's name)
+    if not Path(args.predictions).is_dir():
+        raise InputDataError(args.predictions, "--predictions is not a folder (run fairseg predict first: it "
+                             "writes one prediction per case there)")
     refuse_overwriting_inputs(args.out, cohort, also=[p for p in (args.metadata, args.predictions) if p])
     attrs = tuple(a.strip() for a in args.attributes.split(",") if a.strip()) if args.attributes else ()
     config = AuditConfig(attributes=attrs, split=args.split, hd_mode=args.hd, min_support=args.min_support,
@@ -131,9 +134,14 @@ def _cmd_train(args) -> int:
         return 0
     last = result.log.iloc[-1] if len(result.log) else {}
     groups = {k[9:-1]: v for k, v in dict(last).items() if k.startswith("val_dice[")}
-    print(f"trained {result.config.network} ({result.meta['device']}) for {config.epochs} epochs; "
-          f"last val Dice {last.get('val_dice', float('nan')):.4f}"
-          + ("".join(f"  {g} {v:.4f}" for g, v in groups.items())))
+    processes = f", {result.meta['world_size']} processes" if result.meta.get("world_size", 1) > 1 else ""
+    if result.meta.get("n_val"):
+        validation = (f"last val Dice {last.get('val_dice', float('nan')):.4f}"
+                      + "".join(f"  {g} {v:.4f}" for g, v in groups.items()))
+    else:
+        validation = "no validation cases (--val-fraction 0, a cohort without a val split, or under 4 training cases)"
+    print(f"trained {result.config.network} ({result.meta['device']}{processes}) for {config.epochs} epochs; "
+          + validation)
     print(f"checkpoint: {args.out}\nlog: {Path(args.out).with_name(Path(args.out).stem + '.log.csv')}")
     return 0
 
@@ -166,7 +174,9 @@ def _cmd_predict(args) -> int:
     if not dist.is_main:
         return 0
     processes = f" ({dist.world_size} processes)" if dist.active else ""
-    print(f"predicted {len(result.scores)} cases on {result.device}{processes} in {result.seconds:.1f} s -> {args.out}")
+    n = len(result.scores)
+    print(f"predicted {n} case{'' if n == 1 else 's'} on {result.device}{processes} in {result.seconds:.1f} s "
+          f"-> {args.out}")
     for line in result.warning_summary:  # inputs unlike the model's training data, once per kind
         print(f"fairseg: warning: {line}", file=sys.stderr)
     if "masked_entropy" in result.scores:

@@ -182,7 +182,7 @@ def _outside(value: float, lo: float, hi: float, factor: float) -> bool:
 
 
 def check_input(source, image: np.ndarray, spacing: Sequence[float] | None = None, *,
-                resampled: bool = False) -> list[DomainWarning]:
+                resampled: bool = False, normalised: bool = False) -> list[DomainWarning]:
     """How ``image`` differs from the training data recorded in ``source``.
 
     Parameters
@@ -199,6 +199,10 @@ def check_input(source, image: np.ndarray, spacing: Sequence[float] | None = Non
         (:attr:`~napari_fairseg.data.pipeline.Pipeline.spacing` set): a different spacing is
         no longer a warning, and the size check compares fields of view in mm (the training
         images' sizes times their median spacing), not voxel counts. The other checks stay.
+    normalised : bool
+        The model's pipeline normalises each case's intensities (z-score or min-max): a scale
+        or offset unlike the training images' — a scan in scanner units, say — changes nothing
+        the model sees, so intensities are not compared.
 
     Returns
     -------
@@ -243,7 +247,8 @@ def check_input(source, image: np.ndarray, spacing: Sequence[float] | None = Non
         out.append(DomainWarning("size", f"{what} {_fmt(shape, 0)} {unit} is far from the model's training "
                                          f"images ({rng} {unit}): it sees a field of view it was not trained on, "
                                          "so results may be unreliable; crop or resample the image"))
-    out += _intensity_warnings(record["intensity"], image)
+    if not normalised:
+        out += _intensity_warnings(record["intensity"], image)
     return out
 
 
@@ -274,7 +279,7 @@ def _intensity_warnings(rec: dict, image: np.ndarray) -> list[DomainWarning]:
 
 
 def input_warnings(source, image: np.ndarray, spacing: Sequence[float] | None = None, *,
-                   resampled: bool = False) -> list[str]:
+                   resampled: bool = False, normalised: bool = False) -> list[str]:
     """Sentences saying how ``image`` differs from the model's training data (see :func:`check_input`).
 
     Examples
@@ -283,7 +288,7 @@ def input_warnings(source, image: np.ndarray, spacing: Sequence[float] | None = 
     ['spacing 1×1×1 mm differs from the model's training spacing 1.5×1.5×1.5 mm (×0.67): ...',
      'image size 197×233×189 voxels is far from the model's training images (64×64×48 voxels): ...']
     """
-    return [w.message for w in check_input(source, image, spacing, resampled=resampled)]
+    return [w.message for w in check_input(source, image, spacing, resampled=resampled, normalised=normalised)]
 
 
 def summarise_warnings(per_case: Mapping[str, Sequence[DomainWarning]]) -> list[str]:

@@ -599,7 +599,8 @@ def predict_pool_job(cohort: Cohort, predictor: Predictor, case_ids: Sequence[st
                     row = {"case_id": case.case_id, **pred.scores}
                     if checkpoint is not None:
                         found = check_input(checkpoint, case.image, case.spacing,
-                                            resampled=pipeline.spacing is not None)
+                                            resampled=pipeline.spacing is not None,
+                                            normalised=pipeline.normalise != "none")
                         if note:
                             found.insert(0, DomainWarning("channels", note))
                         if found:

@@ -192,8 +192,10 @@ def check_compatible(ckpt: Checkpoint, cohort: Cohort, *, image_shape: tuple[int
             raise InputDataError(where, f"the checkpoint is a {cfg.spatial_dims}D model but cohort "
                                  f"{cohort.name!r} has {len(spatial)}D images (shape {tuple(spatial)})")
         if c != cfg.in_channels:
-            raise InputDataError(where, f"the checkpoint expects {cfg.in_channels} image channel(s) but "
-                                 f"cohort {cohort.name!r} has {c}")
+            hint = (" (the 4th axis of a 4D NIfTI file — time points, phases — is read as channels)"
+                    if len(spatial) == 3 and kind_of(cohort).spatial_dims == 3 else "")
+            raise InputDataError(cohort.source or where, f"cohort {cohort.name!r} has {c} image channel(s){hint} but "
+                                 f"the checkpoint {Path(where).name if where else ''} expects {cfg.in_channels}")
 
 
 def _names(classes: dict) -> str:
