@@ -52,6 +52,7 @@ mutate: $(STAMP)
 ZOO := napari_fairseg/models/bundled
 ZOO_EPOCHS ?= 200
 zoo: $(STAMP)
+	rm -rf build/zoo
 	$(BIN)/fairseg --quiet sample brain --out build/zoo/brain
 	$(BIN)/fairseg --quiet sample brain --field whole --out build/zoo/head
 	$(BIN)/python -c "from napari_fairseg.data.manifest import merge_cohorts as m, read_manifest as r, write_manifest as w; \

@@ -63,6 +63,8 @@ def json_object(text, what: str, source=None) -> dict:
         value = json.loads(text)
     except ValueError as exc:
         raise InputDataError(source, f"{what} is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise InputDataError(source, f"{what} is nested too deeply to be read") from exc
     if not isinstance(value, dict):
         raise InputDataError(source, f"{what} must be a JSON object, found {type(value).__name__}")
     return value

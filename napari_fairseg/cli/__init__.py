@@ -196,7 +196,7 @@ def _make_sample(kind, out, *, cases, seed, bias, quiet, shape=None, spacing=Non
     from ..data.synthetic import brain_cohort_job, breast_cohort_job, fundus_cohort_job
 
     kwargs = {"seed": seed}
-    if cases:
+    if cases is not None:
         kwargs["n_cases"] = cases
     if kind == "brain":
         return run_with_bar(brain_cohort_job(out, bias=bias, field=field, **kwargs), quiet)
@@ -218,6 +218,10 @@ def _cmd_sample(args) -> int:
         raise ValueError("--shape and --spacing are options of the breast sample")
     if args.field != "caudate" and args.kind != "brain":
         raise ValueError("--field is an option of the brain sample")
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InputDataError(out, "exists and is not an empty folder: a sample is written into a new folder, "
+                             "so that it never mixes with (or replaces the manifest of) another cohort")
     cohort = _make_sample(args.kind, args.out, cases=args.cases, seed=args.seed, bias=args.bias, quiet=args.quiet,
                           shape=args.shape, spacing=args.spacing, field=args.field)
     where = Path(args.out) / "manifest.csv" if args.kind == "brain" else Path(args.out)
@@ -294,7 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--mamamia", action="store_true", help="also compute MAMA-MIA PS/FS/TS")
     a.set_defaults(func=_cmd_audit)
 
-    t = sub.add_parser("train", help="train or fine-tune a segmentation network")
+    # no abbreviated options: --nproc must be seen (and taken out) exactly when torchrun is started
+    t = sub.add_parser("train", help="train or fine-tune a segmentation network", allow_abbrev=False)
     t.add_argument("cohort", help="manifest CSV or dataset folder")
     t.add_argument("--out", required=True, help="checkpoint to write (log: <stem>.log.csv beside it)")
     t.add_argument("--metadata", help="metadata table (CSV/XLSX) joined by case id")
@@ -335,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--init", help="fine-tune from this checkpoint (or 'brain' / 'fundus')")
     t.set_defaults(func=_cmd_train)
 
-    r = sub.add_parser("predict", help="predictions and uncertainty maps with a trained network")
+    r = sub.add_parser("predict", help="predictions and uncertainty maps with a trained network", allow_abbrev=False)
     r.add_argument("cohort", help="manifest CSV or dataset folder")
     r.add_argument("--model", required=True,
                    help="checkpoint file, or 'brain' / 'fundus': the bundled DEMO models, trained on synthetic "

@@ -149,11 +149,24 @@ def read_nifti(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     except Exception as exc:  # nibabel raises many types for truncated / non-NIfTI files
         raise InputDataError(path, f"not a readable NIfTI file ({type(exc).__name__}: {exc})") from exc
     check_voxels(img.shape, path)
+    affine = np.asarray(img.affine, dtype=float)
+    check_affine(affine, path)
     try:
         data = np.asanyarray(img.dataobj)
     except Exception as exc:  # nibabel raises many types for truncated / non-NIfTI files
         raise InputDataError(path, f"not a readable NIfTI file ({type(exc).__name__}: {exc})") from exc
-    return data, np.asarray(img.affine, dtype=float)
+    return data, affine
+
+
+def check_affine(affine: np.ndarray, source=None) -> None:
+    """Refuse a voxel-to-world affine that is not finite, or whose axes are degenerate (a zero
+    voxel size, two axes along one line): orientation and resampling cannot be computed from it."""
+    if not np.isfinite(affine).all():
+        raise InputDataError(source, "the header's affine (voxel-to-world matrix) holds NaN or infinite values")
+    sizes = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    if not (sizes > 1e-6).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-9 * float(np.prod(sizes)):
+        raise InputDataError(source, "the header's affine (voxel-to-world matrix) is degenerate: a voxel size of 0 "
+                             f"or axes along one line (voxel sizes {np.round(sizes, 4).tolist()}); fix the header")
 
 
 def read_image2d(path: str | Path) -> np.ndarray:

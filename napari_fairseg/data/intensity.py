@@ -106,7 +106,8 @@ def normalise_channels(image: np.ndarray, *, clip: Sequence[float] | None, norma
     for c in range(img.shape[0]):
         # the voxels that give the statistics, and the voxels that change
         fg = img[c] != 0 if statistics == "foreground" else tissue_mask(img[c])
-        if not fg.any():
+        if not fg.any():  # all zero, or (tissue) constant: nothing to measure, zeros out
+            img[c] = 0.0
             continue
         where = fg if statistics == "foreground" else np.ones_like(fg)
         ref = img[c][fg].astype(np.float64)
@@ -133,8 +134,9 @@ def tissue_mask(channel: np.ndarray) -> np.ndarray:
     """Voxels of one channel ``(*spatial)`` above ``p0.5 + TISSUE_LEVEL · (p99.5 − p0.5)``.
 
     Independent of how much background surrounds the tissue, and of whether that background is
-    exactly zero (a masked template) or noise (a magnitude MR image). A constant channel has
+    exactly zero (a masked template) or noise (a magnitude MR image). Where over 99 % of the
+    voxels share one value (a small object in air), the voxels above it; a constant channel has
     no tissue (an all-False mask).
     """
     lo, hi = np.percentile(channel, (0.5, 99.5))
-    return channel > lo + TISSUE_LEVEL * (hi - lo) if hi > lo else np.zeros(channel.shape, bool)
+    return channel > lo + TISSUE_LEVEL * (hi - lo) if hi > lo else channel > lo

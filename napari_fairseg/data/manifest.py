@@ -16,6 +16,7 @@ output file: predictions, maps, annotations) and attribute names to be printable
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -322,6 +323,8 @@ def merge_cohorts(cohorts: Sequence[Cohort], *, name: str) -> Cohort:
     InputDataError
         Different kinds or classes, or a case id in more than one cohort.
     """
+    if not cohorts:
+        raise ValueError("merge_cohorts needs at least one cohort")
     first = cohorts[0]
     for other in cohorts[1:]:
         if (other.kind, other.classes) != (first.kind, first.classes):
@@ -352,8 +355,9 @@ def refuse_overwriting_inputs(out: str | Path, cohort: Cohort, *, also=()) -> No
     if src is not None and target in (src, src.parent if src.is_file() else src):
         raise InputDataError(out, "is the cohort's own folder: writing there would overwrite or mix with its "
                              "files; choose an output folder outside the cohort")
+    lexical = Path(os.path.abspath(out))  # an input reached through a link in the folder counts too
     hits = [p for p in (*cohort.input_files(), *map(Path, also))
-            if p.resolve().is_relative_to(target)]
+            if p.resolve().is_relative_to(target) or Path(os.path.abspath(p)).is_relative_to(lexical)]
     if hits:
         raise InputDataError(out, f"writing here would overwrite the inputs: {len(hits)} input file(s) lie in it, "
                              f"e.g. {hits[0]}; choose an output folder outside the cohort's files")

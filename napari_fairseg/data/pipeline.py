@@ -177,7 +177,7 @@ class Pipeline:
     def __post_init__(self):
         dims = _whole(self.spatial_dims, "spatial_dims")
         if dims not in (2, 3):
-            raise ValueError(f"spatial_dims must be 2 or 3, got {dims}")
+            raise ValueError(f"spatial_dims must be 2 or 3, got {_short(dims)}")
         object.__setattr__(self, "spatial_dims", dims)
         orientation = None if dims == 2 or self.orientation is None else _check_axcodes(self.orientation)
         object.__setattr__(self, "orientation", orientation)
@@ -238,7 +238,7 @@ class Pipeline:
             raise InputDataError(None, "pipeline has no 'spatial_dims'")
         try:
             return cls(**data)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             raise InputDataError(None, f"pipeline is invalid: {exc}") from exc
 
     def key(self) -> str:
@@ -527,20 +527,38 @@ class CropRegiond(MapTransform):
         return d
 
 
+#: the most a pipeline may multiply a scan's voxel count by resampling (4× finer on every axis)
+MAX_UPSAMPLING = 64
+
+
 class ResampleGuardd(MapTransform):
-    """Refuse, before it runs, a resampling whose output exceeds :func:`~.arrays.max_voxels`."""
+    """Refuse, before it runs, a resampling of a scan that is not a volume, that multiplies its
+    voxels by more than :data:`MAX_UPSAMPLING`, or whose output exceeds :func:`~.arrays.max_voxels`."""
 
     def __init__(self, spacing: Sequence[float]):
         super().__init__(("image",))
         self.spacing = np.asarray(spacing, dtype=float)
 
     def __call__(self, data: Mapping) -> Mapping:
-        img = data["image"]
+        img, where = data["image"], data.get("case_id")
+        if img.ndim - 1 != len(self.spacing):
+            raise InputDataError(where, f"is a {img.ndim - 1}D image (shape {tuple(img.shape[1:])}) but the "
+                                 f"model's preprocessing resamples {len(self.spacing)}D volumes")
         affine = np.asarray(img.affine, dtype=float)
         native = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
         out = np.ceil(np.asarray(img.shape[1:]) * native / self.spacing).astype(int)
-        check_voxels((img.shape[0], *out.tolist()), data.get("case_id"))
+        factor = float(np.prod(native / self.spacing))
+        if factor > MAX_UPSAMPLING:
+            raise InputDataError(where, f"the model's preprocessing would resample this "
+                                 f"{_fmt_mm(native)} mm scan to {_fmt_mm(self.spacing)} mm, {factor:.0f}× its voxels "
+                                 f"(at most {MAX_UPSAMPLING}×): a checkpoint asking for that is not to be trusted, "
+                                 "or the scan is far coarser than its training data")
+        check_voxels((img.shape[0], *out.tolist()), where)
         return data
+
+
+def _fmt_mm(values) -> str:
+    return "×".join(f"{v:.3g}" for v in values)
 
 
 class Finalised(MapTransform):

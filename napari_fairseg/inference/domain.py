@@ -40,6 +40,7 @@ import numpy as np
 from ..data.arrays import load_image
 from ..data.kinds import kind_of
 from ..data.manifest import Cohort
+from ..errors import InputDataError
 
 #: Version of the ``training_geometry`` record.
 RECORD_VERSION = 1
@@ -158,14 +159,52 @@ def cohort_geometry(cohort: Cohort, case_ids: Sequence[str]) -> dict:
 
 
 def geometry_of(source) -> dict | None:
-    """The training-geometry record of a checkpoint, its ``meta`` dict, or a record itself."""
+    """The training-geometry record of a checkpoint, its ``meta`` dict, or a record itself.
+
+    Raises
+    ------
+    InputDataError
+        A record that is not one :func:`training_geometry` writes (wrong types, lengths,
+        non-finite or out-of-range numbers): a damaged or hostile checkpoint, named.
+    """
     meta = getattr(source, "meta", source)
     if not isinstance(meta, Mapping):
         raise TypeError(f"expected a Checkpoint, its meta dict or a geometry record, got {type(source).__name__}")
     if "spacing" in meta and "size" in meta:
-        return dict(meta)
-    record = meta.get("training_geometry")
-    return dict(record) if isinstance(record, Mapping) else None
+        record = meta
+    else:
+        record = meta.get("training_geometry")
+        if record is None:
+            return None
+    try:
+        _check_record(record)
+    except (TypeError, ValueError, KeyError, OverflowError) as exc:
+        raise InputDataError(getattr(source, "path", None), f"checkpoint's training geometry is invalid: "
+                             f"{str(exc)[:200]}") from exc
+    return dict(record)
+
+
+def _numbers(values, n: int, what: str, lo: float, hi: float) -> None:
+    if not isinstance(values, list) or len(values) != n:
+        raise ValueError(f"{what} must be a list of {n} numbers")
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= float(v) <= hi:
+            raise ValueError(f"{what} must hold numbers in [{lo:g}, {hi:g}], got {str(v)[:40]}")
+
+
+def _check_record(record) -> None:
+    if not isinstance(record, Mapping):
+        raise TypeError("not a JSON object")
+    dims, channels = record["spatial_dims"], record["channels"]
+    if isinstance(dims, bool) or dims not in (2, 3):
+        raise ValueError(f"spatial_dims must be 2 or 3, got {str(dims)[:40]}")
+    if isinstance(channels, bool) or not isinstance(channels, int) or not 1 <= channels <= 64:
+        raise ValueError(f"channels must be 1 … 64, got {str(channels)[:40]}")
+    for name, lo, hi in (("spacing", 1e-3, 1e3), ("size", 1, 1e5)):
+        for stat in ("median", "min", "max"):
+            _numbers(record[name][stat], dims, f"{name} {stat}", lo, hi)
+    for stat in ("p1", "p99", "p1_min", "p99_max"):
+        _numbers(record["intensity"][stat], channels, f"intensity {stat}", -1e38, 1e38)
 
 
 # --------------------------------------------------------------------------- the checks
