@@ -205,20 +205,19 @@ def test_recording_the_geometry_later_keeps_the_weights_and_checks_the_cohort(tm
 # --------------------------------------------------------------------------- the bundled models' recorded Dice
 @pytest.fixture(scope="module")
 def zoo_brain_cohort(tmp_path_factory):
-    """The bundled brain model's validation cases, made again by `make zoo`'s own generators: the
-    caudate crops by `fairseg sample brain`, and of the whole heads (8 s each) only the
-    validation cases — every case has its own seed, so they are the very cases it was validated on."""
-    from napari_fairseg.cli import main
+    """The bundled brain model's validation cases, made again by `make zoo`'s own generators
+    (`fairseg sample brain`, `--field whole`), only those: every case has its own seed, so they
+    are the very cases it was validated on (`test_synthetic` checks that a part equals the whole)."""
     from napari_fairseg.data.manifest import merge_cohorts
-    from napari_fairseg.data.readers import open_cohort
     from napari_fairseg.data.synthetic import make_sample
 
     out = tmp_path_factory.mktemp("zoo")
-    assert main(["--quiet", "sample", "brain", "--out", str(out / "brain")]) == 0
-    heads = [c for c in load_checkpoint(bundled_checkpoint("brain")).meta["val_ids"] if c.startswith("head_")]
-    assert heads  # validated on whole heads too
-    head = make_sample("brain", out / "head", field="whole", only=heads)
-    return merge_cohorts([open_cohort(out / "brain" / "manifest.csv"), head], name="brain-zoo")
+    val_ids = load_checkpoint(bundled_checkpoint("brain")).meta["val_ids"]
+    crops = [c for c in val_ids if c.startswith("brain_")]
+    heads = [c for c in val_ids if c.startswith("head_")]
+    assert crops and heads  # validated on both fields
+    return merge_cohorts([make_sample("brain", out / "brain", only=crops),
+                          make_sample("brain", out / "head", field="whole", only=heads)], name="brain-zoo")
 
 
 #: Final validation Dice as napari_fairseg/models/bundled/README.md states it (3 decimals).

@@ -111,10 +111,16 @@ def brain_template() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _smooth_field(rng, shape, n_ctrl, amplitude):
-    """A smooth random 3-component displacement field (mm) on ``shape``."""
+    """A smooth random 3-component displacement field (mm) on ``shape``: normal control values
+    on an ``n_ctrl`` grid, zoomed by cubic splines (``ndimage.zoom(order=3, mode="nearest")``).
+
+    The spline is separable, so the zoom is one small matrix per axis — each column the zoom of
+    a unit vector — applied in turn: the same field as a 3D zoom, ~100× faster on a whole head.
+    """
     coarse = rng.normal(0.0, amplitude, size=(3, *n_ctrl))
-    zoom = [s / c for s, c in zip(shape, n_ctrl, strict=True)]
-    return np.stack([ndimage.zoom(c, zoom, order=3, mode="nearest")[tuple(slice(0, s) for s in shape)] for c in coarse])
+    mats = [ndimage.zoom(np.eye(n), (s / n, 1), order=3, mode="nearest")[:s] for s, n in zip(shape, n_ctrl,
+                                                                                         strict=True)]
+    return np.einsum("ai,bj,ck,nijk->nabc", *mats, coarse, optimize=True)
 
 
 def _rotation(rng, max_deg):
