@@ -1,6 +1,6 @@
 """npe2 sample data (File › Open Sample › napari-fairseg): one case of each sample cohort.
 
-Both samples are generated into the sample cache on first use (seed 0; brain about 20 s,
+Both samples are generated into the sample cache on first use (seed 0; brain about 10 s,
 fundus a few seconds), so the plugin installed from a wheel needs no source tree; the fundus
 sample equals the one kept in the repository's ``sample_data/fundus``.
 """

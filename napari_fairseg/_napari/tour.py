@@ -26,7 +26,7 @@ from ..data.synthetic import sample_cohort
 
 
 def brain_cohort():
-    print("the sample brain cohort (generated into the cache on first use, about 20 s)")
+    print("the sample brain cohort (generated into the cache on first use, about 10 s)")
     return sample_cohort("brain")
 
 
