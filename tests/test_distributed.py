@@ -99,10 +99,11 @@ def test_train_nproc_relaunches_through_torchrun(tmp_path, capsys, monkeypatch):
     assert not list(tmp_path.glob("*.pt"))
 
 
-def _predict_rank(rank, world, port, manifest, model, ids, out):
-    """One torchrun process of `fairseg predict`, then the same job kept in memory to see its share."""
+def _predict_rank(rank, world, ports, manifest, model, ids, out):
+    """One torchrun process of `fairseg predict`, then the same job kept in memory to see its share
+    (a second process group on a port of its own: rank 0's first store may still be closing)."""
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+                      MASTER_PORT=str(ports[0]))
     torch.set_num_threads(1)
     from napari_fairseg.data.readers import open_cohort
     from napari_fairseg.inference import InferenceConfig, predict_cases_job
@@ -111,6 +112,7 @@ def _predict_rank(rank, world, port, manifest, model, ids, out):
 
     assert main(["--quiet", "predict", manifest, "--model", model, "--out", os.path.join(out, "dist"),
                  "--cases", ",".join(ids), "--device", "cpu"]) == 0
+    os.environ["MASTER_PORT"] = str(ports[1])
     with session("cpu") as dist:
         res = run_job(predict_cases_job(open_cohort(manifest), model, ids, keep=True, dist=dist,
                                         settings=InferenceConfig(device="cpu")))
@@ -131,7 +133,8 @@ def test_two_gloo_processes_share_the_cases_of_a_prediction(tmp_path, tiny_brain
     assert main(["--quiet", "train", manifest, "--out", model, "--epochs", "1", "--device", "cpu",
                  "--patch", "16,16,16"]) == 0
     ids = tiny_brain.case_ids[:5][::-1]  # 5 cases over 2 ranks: 3 + 2, in an order of the caller's
-    torch.multiprocessing.spawn(_predict_rank, args=(2, _free_port(), manifest, model, ids, str(tmp_path)),
+    ports = (_free_port(), _free_port())
+    torch.multiprocessing.spawn(_predict_rank, args=(2, ports, manifest, model, ids, str(tmp_path)),
                                 nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"pred{r}.pt", weights_only=False) for r in (0, 1)]
     assert ranks[0]["kept"] == sorted(ids[0::2]) and ranks[1]["kept"] == sorted(ids[1::2])  # a shard each
