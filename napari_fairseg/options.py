@@ -46,6 +46,8 @@ DEVICES = ("auto", "cuda", "mps", "cpu")
 HD_MODES = ("mm", "voxel", "none")
 #: ``fairseg sample brain --field``: a grid around the caudate, or the template's whole head
 BRAIN_FIELDS = ("caudate", "whole")
+#: ``fairseg sample brain --modality``: the T1 template, or a T2-weighted-like one from its tissue maps
+BRAIN_MODALITIES = ("t1", "t2")
 #: who made an annotation version: a person, an accepted model pre-fill, an import
 LABEL_SOURCES = ("human", "model", "imported")
 

@@ -205,3 +205,49 @@ def test_the_two_brain_fields_merge_into_one_training_manifest(tmp_path, tiny_br
         merge_cohorts([head, head], name="twice")
     with pytest.raises(InputDataError, match="cannot merge a fairseg cohort"):
         merge_cohorts([head, fundus], name="mixed")
+
+
+def test_t2_like_template_reverses_the_t1_contrast_of_fluid_and_white_matter():
+    from napari_fairseg.data.synthetic import T2_CONTRAST, _template_file, brain_t2_template
+
+    t1, caudate, _ = brain_template()
+    t2 = brain_t2_template()
+    assert t2.shape == t1.shape and t2.dtype == np.float32 and 0 <= t2.min() and t2.max() <= 1
+    gm = np.asarray(nib.load(_template_file("mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz")).dataobj)
+    wm = np.asarray(nib.load(_template_file("mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz")).dataobj)
+    gm, wm = gm / gm.max(), wm / wm.max()
+    brain = t1 > 0
+    csf = brain & (gm < 0.05) & (wm < 0.05)  # ventricles, sulci
+    pure_gm, pure_wm = brain & (gm > 0.95), brain & (wm > 0.95)
+    means = {k: float(t2[m].mean()) for k, m in (("csf", csf), ("gm", pure_gm), ("wm", pure_wm))}
+    assert means["csf"] > means["gm"] > means["wm"]  # T2: fluid bright, white matter dark
+    assert means == pytest.approx(T2_CONTRAST, abs=0.05)
+    assert t1[csf].mean() < t1[pure_gm].mean() < t1[pure_wm].mean()  # the T1 the other way round
+    assert (t2[~brain] == 0).all() and t2[caudate].mean() == pytest.approx(T2_CONTRAST["gm"], abs=0.1)
+
+
+def test_a_t2_cohort_has_the_t1_cohorts_groups_on_other_subjects(tmp_path):
+    kw = dict(n_cases=4, seed=5, shape=(32, 32, 24), spacing=3.0)
+    t1 = make_sample("brain", tmp_path / "t1", **kw)
+    t2 = make_sample("brain", tmp_path / "t2", modality="t2", **kw)
+    assert t2.case_ids == ["brain_t2_000", "brain_t2_001", "brain_t2_002", "brain_t2_003"]
+    assert "T2 contrast" in t2.notes[0]
+    for i in range(4):
+        a, b = t1.cases.iloc[i], t2.cases.iloc[i]
+        assert (a["group"], a["split"]) == (b["group"], b["split"])
+        la, lb = load_case(t1, a["case_id"]).label, load_case(t2, b["case_id"]).label
+        assert not np.array_equal(la, lb)  # another deformation: another subject
+        assert 0.25 < lb.sum() / la.sum() < 4  # the same structure (a few dozen 3 mm voxels, deformed)
+    again = make_sample("brain", tmp_path / "again", modality="t2", **kw)
+    assert np.array_equal(load_case(t2, "brain_t2_002").image, load_case(again, "brain_t2_002").image)
+    with pytest.raises(ValueError, match="modality must be one of"):
+        make_sample("brain", tmp_path / "x", modality="flair", **kw)
+
+
+def test_sample_modality_from_the_command_line(tmp_path, capsys):
+    from napari_fairseg.cli import main
+
+    assert main(["--quiet", "sample", "brain", "--modality", "t2", "--cases", "2", "--out", str(tmp_path / "b")]) == 0
+    assert open_cohort(tmp_path / "b" / "manifest.csv").case_ids == ["brain_t2_000", "brain_t2_001"]
+    assert main(["--quiet", "sample", "fundus", "--modality", "t2", "--out", str(tmp_path / "f")]) == 2
+    assert "--field and --modality are options of the brain sample" in capsys.readouterr().err

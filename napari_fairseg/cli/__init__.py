@@ -20,6 +20,7 @@ from ..errors import Cancelled, FairSegError, InputDataError
 from ..options import (
     AUDIT,
     BRAIN_FIELDS,
+    BRAIN_MODALITIES,
     EMPTY_RULES,
     HD_MODES,
     INFERENCE,
@@ -192,14 +193,14 @@ def _sample_dir(kind: str, seed: int, cases: int | None, bias: str) -> Path:
     return cache_dir() / f"{kind}-{bias if kind == 'brain' else 'fairseg'}-seed{seed}-n{cases or 'default'}"
 
 
-def _make_sample(kind, out, *, cases, seed, bias, quiet, shape=None, spacing=None, field="caudate"):
+def _make_sample(kind, out, *, cases, seed, bias, quiet, shape=None, spacing=None, field="caudate", modality="t1"):
     from ..data.synthetic import brain_cohort_job, breast_cohort_job, fundus_cohort_job
 
     kwargs = {"seed": seed}
     if cases is not None:
         kwargs["n_cases"] = cases
     if kind == "brain":
-        return run_with_bar(brain_cohort_job(out, bias=bias, field=field, **kwargs), quiet)
+        return run_with_bar(brain_cohort_job(out, bias=bias, field=field, modality=modality, **kwargs), quiet)
     if kind == "breast":
         kwargs.update({k: v for k, v in (("shape", shape), ("spacing", spacing)) if v})
         return run_with_bar(breast_cohort_job(out, **kwargs), quiet)
@@ -216,14 +217,14 @@ def _floats(text: str) -> tuple[float, ...]:
 def _cmd_sample(args) -> int:
     if (args.shape or args.spacing) and args.kind != "breast":
         raise ValueError("--shape and --spacing are options of the breast sample")
-    if args.field != "caudate" and args.kind != "brain":
-        raise ValueError("--field is an option of the brain sample")
+    if (args.field != "caudate" or args.modality != "t1") and args.kind != "brain":
+        raise ValueError("--field and --modality are options of the brain sample")
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InputDataError(out, "exists and is not an empty folder: a sample is written into a new folder, "
                              "so that it never mixes with (or replaces the manifest of) another cohort")
     cohort = _make_sample(args.kind, args.out, cases=args.cases, seed=args.seed, bias=args.bias, quiet=args.quiet,
-                          shape=args.shape, spacing=args.spacing, field=args.field)
+                          shape=args.shape, spacing=args.spacing, field=args.field, modality=args.modality)
     where = Path(args.out) / "manifest.csv" if args.kind == "brain" else Path(args.out)
     print(f"wrote {len(cohort)} {args.kind} cases; open with: fairseg audit {where} ...")
     return 0
@@ -374,6 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bias", choices=["strong", "weak"], default="strong", help="brain Group 1 deformation")
     s.add_argument("--field", choices=BRAIN_FIELDS, default="caudate",
                    help="brain: 64×64×48 voxels around the caudate, or the whole head (132×156×127 at 1.5 mm)")
+    s.add_argument("--modality", choices=BRAIN_MODALITIES, default="t1",
+                   help="brain: T1 (the template), or T2-like contrast from its tissue maps on other subjects' "
+                        "deformations (a target domain for cross-modality adaptation)")
     s.add_argument("--shape", type=parse_ints, help="breast: voxels X,Y,Z of the RAS grid (default 448,448,120)")
     s.add_argument("--spacing", type=_floats, help="breast: voxel size in mm along X,Y,Z (default 0.7,0.7,1.5)")
     s.set_defaults(func=_cmd_sample)

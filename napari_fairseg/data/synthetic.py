@@ -76,7 +76,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from ..options import BRAIN_FIELDS
+from ..options import BRAIN_FIELDS, BRAIN_MODALITIES
 from ..progress import Job, Progress, run_job
 from .atomic import atomic_path
 from .manifest import Cohort, write_manifest
@@ -108,6 +108,32 @@ def brain_template() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     sizes = ndimage.sum_labels(np.ones_like(parts), parts, index=np.arange(1, n + 1))
     caudate = parts == (int(np.argmax(sizes)) + 1)
     return t1 / float(t1.max()), caudate, affine
+
+
+#: T2-weighted-like contrast of the tissue classes, in [0, 1]: fluid bright, white matter dark
+T2_CONTRAST = {"csf": 1.0, "gm": 0.55, "wm": 0.3}
+
+
+@functools.lru_cache(maxsize=1)
+def brain_t2_template() -> np.ndarray:
+    """A T2-weighted-like image of the same template, in [0, 1] (X, Y, Z), from its own tissue maps.
+
+    Grey- and white-matter probabilities are nilearn's (ICBM 2009a, beside the T1); cerebrospinal
+    fluid is what is left of the brain (the T1's non-zero voxels), ``max(0, 1 − gm − wm)``. Each
+    voxel mixes the classes' :data:`T2_CONTRAST` by their probabilities, so ventricles and sulci
+    are bright, cortex mid-grey and white matter dark — the reverse of the T1 — and the caudate
+    (grey matter beside a bright ventricle) keeps its place and shape.
+    """
+    t1, _, _ = brain_template()
+    gm = np.asarray(nib.load(_template_file("mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz")).dataobj,
+                    dtype=np.float32)
+    wm = np.asarray(nib.load(_template_file("mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz")).dataobj,
+                    dtype=np.float32)
+    gm, wm = gm / max(float(gm.max()), 1e-6), wm / max(float(wm.max()), 1e-6)
+    brain = (t1 > 0).astype(np.float32)
+    csf = np.clip(brain - gm - wm, 0, 1) * brain
+    t2 = T2_CONTRAST["csf"] * csf + T2_CONTRAST["gm"] * gm * brain + T2_CONTRAST["wm"] * wm * brain
+    return np.clip(t2, 0, 1).astype(np.float32)
 
 
 def _smooth_field(rng, shape, n_ctrl, amplitude):
@@ -164,16 +190,22 @@ def brain_grid(field: str, *, shape=(64, 64, 48), spacing: float = 1.5) -> tuple
 
 
 def warp_brain_case(rng: np.random.Generator, *, shape, spacing, local_mm: float | None,
-                    local_radius: float = 7.0, field: str = "caudate") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                    local_radius: float = 7.0, field: str = "caudate", modality: str = "t1"
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One brain case: returns ``(t1 (X, Y, Z) float32, label (X, Y, Z) uint8, affine)``.
 
     The output grid (``spacing`` mm, RAS) is :func:`brain_grid`'s for ``field``. A sample at
     world point x is read from the template at A(x − c) + c + u_global(x) + u_local(x), with c
     the template caudate's centroid, A a random rotation and scaling, u_global a smooth random
     field (control points every ~19 mm) and u_local = s·(x − c)/r·exp(½ − |x − c|²/(2r²)),
-    which peaks at s mm at |x − c| = r.
+    which peaks at s mm at |x − c| = r. ``modality`` ``t2`` reads :func:`brain_t2_template`
+    instead of the T1.
     """
     t1, caudate, t_aff = brain_template()
+    if modality == "t2":
+        t1 = brain_t2_template()
+    elif modality != "t1":
+        raise ValueError(f"modality must be one of {BRAIN_MODALITIES}, got {modality!r}")
     t_inv = np.linalg.inv(t_aff)
     centre = (t_aff @ np.r_[np.array(np.nonzero(caudate)).mean(axis=1), 1.0])[:3]
     shape, affine = brain_grid(field, shape=shape, spacing=spacing)
@@ -211,20 +243,29 @@ def _assign_splits(rng, groups: np.ndarray, test_fraction: float) -> np.ndarray:
 def brain_cohort_job(out_dir: str | Path, *, n_cases: int = 24, seed: int = 0, bias: str = "strong",
                      shape: tuple[int, int, int] = (64, 64, 48), spacing: float = 1.5,
                      group1_fraction: float = 0.5, test_fraction: float = 1 / 3,
-                     field: str = "caudate", only: Collection[str] | None = None) -> Job[Cohort]:
+                     field: str = "caudate", only: Collection[str] | None = None,
+                     modality: str = "t1") -> Job[Cohort]:
     """Write a brain cohort (NIfTI + ``manifest.csv``) and return it; yields one event per case.
 
     ``field`` (:data:`BRAIN_FIELDS`): ``caudate``, ``shape`` voxels around the caudate (the
     sample's default), or ``whole``, the template's whole field of view at ``spacing`` (132×156×127
     voxels at 1.5 mm): whole-head scans, on which a model learns what is *not* the caudate.
 
-    Case ids are ``brain_<i>`` for the caudate field and ``head_<i>`` for the whole one, so the
-    two can share a manifest. ``only``: write (and list in the manifest) only these case ids. Every case draws from its own
+    ``modality`` (:data:`BRAIN_MODALITIES`): ``t1``, or ``t2`` — the same anatomy with a
+    T2-weighted-like contrast (:func:`brain_t2_template`), its own bias field and noise, warped by
+    *other* subjects' deformations than the T1 cohort of the same seed (each case draws from
+    ``[seed, i, 2]`` instead of ``[seed, i]``): a target domain for cross-modality adaptation
+    (seed 002), with the same groups, splits and Group 1 deformation law.
+
+    Case ids are ``brain_<i>`` for the caudate field and ``head_<i>`` for the whole one, with
+    ``_t2`` before the number for T2 (``brain_t2_<i>``), so any of them can share a manifest. ``only``: write (and list in the manifest) only these case ids. Every case draws from its own
     seed, so each is exactly the case the whole cohort holds, with its group and split: a part
     of a large cohort can be made again without the rest.
     """
     if bias not in BIAS:
         raise ValueError(f"bias must be one of {tuple(BIAS)}, got {bias!r}")
+    if modality not in BRAIN_MODALITIES:
+        raise ValueError(f"modality must be one of {BRAIN_MODALITIES}, got {modality!r}")
     if n_cases < 2:
         raise ValueError(f"n_cases must be >= 2, got {n_cases}")
     out = Path(out_dir)
@@ -239,12 +280,13 @@ def brain_cohort_job(out_dir: str | Path, *, n_cases: int = 24, seed: int = 0, b
     yield Progress("template", 0, n_cases, "loading the MNI152 template")
     shape = brain_grid(field, shape=shape, spacing=spacing)[0]
     for i, g in enumerate(groups):
-        cid = f"{BRAIN_PREFIX[field]}_{i:03d}"
+        cid = f"{BRAIN_PREFIX[field]}{'' if modality == 't1' else '_' + modality}_{i:03d}"
         if only is not None and cid not in only:
             continue
-        case_rng = np.random.default_rng([seed, i])
+        case_rng = np.random.default_rng([seed, i] if modality == "t1" else [seed, i, 2])
         local = float(case_rng.normal(mu, sigma)) if g == "Group 1" else None
-        img, lab, affine = warp_brain_case(case_rng, shape=shape, spacing=spacing, local_mm=local, field=field)
+        img, lab, affine = warp_brain_case(case_rng, shape=shape, spacing=spacing, local_mm=local, field=field,
+                                           modality=modality)
         for arr, sub, dtype in ((img, "images", np.float32), (lab, "labels", np.uint8)):
             with atomic_path(out / sub / f"{cid}.nii.gz") as tmp:
                 nii = nib.Nifti1Image(arr.astype(dtype), affine)
@@ -257,7 +299,8 @@ def brain_cohort_job(out_dir: str | Path, *, n_cases: int = 24, seed: int = 0, b
         yield Progress("cases", i + 1, n_cases, cid)
     cohort = Cohort(pd.DataFrame(rows), "nifti", {"caudate": (1,)}, f"brain-{bias}-seed{seed}",
                     [f"synthetic brain cohort: seed {seed}, {bias} bias (mu={mu}, sigma={sigma} mm), "
-                     f"{n1} Group 1 / {n_cases - n1} Group 2, grid {shape} at {spacing} mm ({field} field of view)"], out)
+                     f"{n1} Group 1 / {n_cases - n1} Group 2, grid {shape} at {spacing} mm ({field} field of view), "
+                     f"{modality.upper()} contrast"], out)
     write_manifest(cohort, out / "manifest.csv")
     return cohort
 
