@@ -1,0 +1,93 @@
+"""The losses of seed 002 (UUDS, cross-domain adaptation) besides its pseudo-label loss.
+
+UUDS trains a domain-adaptation branch and a segmentation branch together (seed 002 §3.3)::
+
+    L = α (L_DD(x_g^s, x_g^t, T^d) + L_DD(x_g^{t→s}, x_g^t, T^d)) + β L_BSCL
+        + γ (L_useg(Ŷ^{t→s}) + L_seg(Ŷ^s, Y^s)) + λ L_id(X̃^s, X^s)
+
+This module holds the terms that are not a segmentation loss: the domain-distillation contrast
+:func:`domain_distillation_loss` (Eq. 1–2), the in-batch supervised contrast
+:func:`batch_contrastive_loss` (Eq. 4) and the identity loss :func:`identity_loss` (Eq. 9);
+:func:`uuds_loss` sums them with the weights. ``L_useg`` (Eq. 5–8) is
+:func:`~.losses.pseudo_label_loss`, ``L_seg`` the supervised :func:`~.losses.per_case_loss`.
+The networks that produce the features are not here yet (issue 13).
+
+Reading of the paper where it is ambiguous (written down, as issue 13 asks):
+
+- Eq. 1–2 print their parentheses inconsistently; we read them as
+  ``L_DD = log( e^{(1 − sim(a, T))/τ} / (e^{(1 − sim(a, T))/τ} + e^{(1 − sim(b, T))/τ}) )``,
+  the log-share of the first feature's *distance* to the prompt: minimising it draws ``a`` (the
+  source, or the translated target) to the prompt and pushes ``b`` (the target) away, which is
+  what the text says it does. It is bounded below by ``−2/τ − log(1 + e^{−2/τ})``.
+- Eq. 4 names ``P(i)`` and ``A(i)`` "the images with / without the object"; we use supervised
+  contrastive learning's standard sets (Khosla et al. 2020, which the equation's form is):
+  ``P(i)`` the other samples with ``i``'s label, ``A(i)`` every sample but ``i``, embeddings
+  L2-normalised; an anchor without a positive adds nothing. The sum over anchors is the paper's.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def domain_distillation_loss(pulled: torch.Tensor, pushed: torch.Tensor, prompt: torch.Tensor, *,
+                             tau: float = 0.07) -> torch.Tensor:
+    """Seed 002 Eq. 1 (``pulled`` = source) and Eq. 2 (``pulled`` = target→source), mean over the batch.
+
+    Parameters
+    ----------
+    pulled, pushed : torch.Tensor
+        ``(B, C)`` global domain features ``x_g`` of the images drawn to and pushed from the prompt.
+    prompt : torch.Tensor
+        ``(C,)`` or ``(B, C)``: the domain prompt's embedding ``T^d``.
+    tau : float
+        Temperature τ > 0.
+    """
+    if tau <= 0:
+        raise ValueError(f"tau must be > 0, got {tau}")
+    prompt = prompt.expand_as(pulled)
+    a = (1 - F.cosine_similarity(pulled, prompt, dim=-1)) / tau
+    b = (1 - F.cosine_similarity(pushed, prompt, dim=-1)) / tau
+    return (a - torch.logaddexp(a, b)).mean()
+
+
+def batch_contrastive_loss(z: torch.Tensor, labels: torch.Tensor, *, tau: float = 0.07) -> torch.Tensor:
+    """Seed 002 Eq. 4: in-batch supervised contrast of the segmentation-prompted embeddings.
+
+    ``Σ_i −1/|P(i)| Σ_{p∈P(i)} log( exp(z_i·z_p/τ) / Σ_{a∈A(i)} exp(z_i·z_a/τ) )``.
+
+    Parameters
+    ----------
+    z : torch.Tensor
+        ``(B, D)`` embeddings (L2-normalised here).
+    labels : torch.Tensor
+        ``(B,)`` whether each image holds the object (or any class id).
+    """
+    if z.shape[0] != labels.shape[0]:
+        raise ValueError(f"z has {z.shape[0]} rows but labels has {labels.shape[0]}")
+    z = F.normalize(z, dim=-1)
+    n = z.shape[0]
+    logits = z @ z.T / tau
+    self_mask = torch.eye(n, dtype=torch.bool, device=z.device)
+    logits = logits.masked_fill(self_mask, float("-inf"))  # A(i): everyone but i
+    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    positive = (labels[:, None] == labels[None, :]) & ~self_mask
+    count = positive.sum(dim=1)
+    per_anchor = -(log_prob.masked_fill(~positive, 0.0)).sum(dim=1) / count.clamp(min=1)
+    return per_anchor[count > 0].sum()
+
+
+def identity_loss(reconstructed: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """Seed 002 Eq. 9: ``‖X̃^s − X^s‖₁``, as the mean absolute difference per voxel."""
+    if reconstructed.shape != source.shape:
+        raise ValueError(f"shapes differ: {tuple(reconstructed.shape)} vs {tuple(source.shape)}")
+    return (reconstructed - source).abs().mean()
+
+
+def uuds_loss(*, dd_source: torch.Tensor, dd_translated: torch.Tensor, contrast: torch.Tensor,
+              pseudo: torch.Tensor, supervised: torch.Tensor, identity: torch.Tensor,
+              alpha: float = 1.0, beta: float = 1.0, gamma: float = 1.0, lam: float = 1.0) -> torch.Tensor:
+    """Seed 002 §3.3's total: ``α(L_DD^s + L_DD^{t→s}) + β L_BSCL + γ(L_useg + L_seg) + λ L_id``
+    (the paper's weights are all 1)."""
+    return alpha * (dd_source + dd_translated) + beta * contrast + gamma * (pseudo + supervised) + lam * identity
