@@ -90,14 +90,20 @@ def _template_file(name: str) -> Path:
     return Path(str(importlib.resources.files("nilearn.datasets") / "data" / name))
 
 
+@functools.lru_cache(maxsize=2)
+def _tissue_map(tissue: str) -> np.ndarray:
+    """The template's ``gm`` or ``wm`` probability map, scaled to a maximum of 1 (X, Y, Z)."""
+    prob = np.asarray(nib.load(_template_file(f"mni_icbm152_{tissue}_tal_nlin_sym_09a_converted.nii.gz")).dataobj,
+                      dtype=np.float32)
+    return prob / max(float(prob.max()), 1e-6)
+
+
 @functools.lru_cache(maxsize=1)
 def brain_template() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The 1 mm MNI152 (2009a) T1 in [0, 1], the derived left-caudate mask and their affine."""
     t1_img = nib.load(_template_file("mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"))
-    gm_img = nib.load(_template_file("mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz"))
     t1 = np.asarray(t1_img.dataobj, dtype=np.float32)
-    gm = np.asarray(gm_img.dataobj, dtype=np.float32)
-    gm /= max(float(gm.max()), 1e-6)
+    gm = _tissue_map("gm")
     affine = np.asarray(t1_img.affine, dtype=float)
     ijk = np.indices(gm.shape, dtype=np.float32)
     xyz = [affine[a, 0] * ijk[0] + affine[a, 1] * ijk[1] + affine[a, 2] * ijk[2] + affine[a, 3] for a in range(3)]
@@ -125,11 +131,7 @@ def brain_t2_template() -> np.ndarray:
     (grey matter beside a bright ventricle) keeps its place and shape.
     """
     t1, _, _ = brain_template()
-    gm = np.asarray(nib.load(_template_file("mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz")).dataobj,
-                    dtype=np.float32)
-    wm = np.asarray(nib.load(_template_file("mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz")).dataobj,
-                    dtype=np.float32)
-    gm, wm = gm / max(float(gm.max()), 1e-6), wm / max(float(wm.max()), 1e-6)
+    gm, wm = _tissue_map("gm"), _tissue_map("wm")
     brain = (t1 > 0).astype(np.float32)
     csf = np.clip(brain - gm - wm, 0, 1) * brain
     t2 = T2_CONTRAST["csf"] * csf + T2_CONTRAST["gm"] * gm * brain + T2_CONTRAST["wm"] * wm * brain

@@ -408,16 +408,15 @@ def _set_up(cohort: Cohort, model_config: ModelConfig | None, config: TrainConfi
     from .data import pipeline_for, pipeline_of
 
     if init is not None:
-        if config.spacing is not None and pipeline_of(init).spacing != config.spacing:
-            raise InputDataError(getattr(init, "path", None), "spacing applies to a new model: a fine-tuned or "
-                                 f"resumed one keeps its checkpoint's ({pipeline_of(init).spacing} mm)")
         pipeline = pipeline_of(init)
-    elif config.spacing is not None:
-        if model_config.spatial_dims != 3:
-            raise InputDataError(cohort.source, "spacing applies to 3D volumes; 2D images keep their pixel grid")
-        pipeline = pipeline_for(cohort, tr_ids, model_config=model_config, spacing=config.spacing)
+        if config.spacing is not None and pipeline.spacing != config.spacing:
+            raise InputDataError(getattr(init, "path", None), "spacing applies to a new model: a fine-tuned or "
+                                 f"resumed one keeps its checkpoint's ({pipeline.spacing} mm)")
     else:
-        pipeline = pipeline_for(cohort, tr_ids, model_config=model_config)
+        if config.spacing is not None and model_config.spatial_dims != 3:
+            raise InputDataError(cohort.source, "spacing applies to 3D volumes; 2D images keep their pixel grid")
+        spacing = {} if config.spacing is None else {"spacing": config.spacing}
+        pipeline = pipeline_for(cohort, tr_ids, model_config=model_config, **spacing)
     out = Path(out) if out is not None else None
     log_path = Path(log_path) if log_path is not None else (out.with_name(out.stem + ".log.csv") if out else None)
     return _Run(cohort, config, dist, model_config, pipeline, group_attribute, tr_ids, va_ids, target_ids, loss,
