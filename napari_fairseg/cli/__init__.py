@@ -1,6 +1,7 @@
 """The ``fairseg`` command line: a thin skin over the headless core.
 
 Subcommands: ``train`` (train or fine-tune a network, optionally with a fairness objective),
+``adapt`` (adapt a model to an unlabelled target cohort, seed 002),
 ``predict`` (predictions and uncertainty maps), ``audit`` (fairness audit of predictions),
 ``sample`` (write a sample cohort), ``demo`` (sample cohort → bundled network → audit report),
 and active learning (:mod:`.active`): ``project`` (init / status / import / export), ``suggest``
@@ -31,7 +32,7 @@ from ..options import (
     TRAIN_LOSSES,
     UNCERTAINTY,
 )
-from .common import DEVICE_HELP, parse_ints, parse_names, run_with_bar
+from .common import DEVICE_HELP, parse_floats, parse_ints, parse_names, run_with_bar
 
 
 def _cmd_audit(args) -> int:
@@ -105,7 +106,7 @@ def _torchrun(args) -> int | None:
 def _cmd_train(args) -> int:
     from ..data.manifest import refuse_overwriting_inputs
     from ..data.readers import open_cohort
-    from ..training import TrainConfig, model_config_for, train_job
+    from ..training import model_config_for, train_job
 
     if (status := _torchrun(args)) is not None:
         return status
@@ -113,13 +114,7 @@ def _cmd_train(args) -> int:
     out = Path(args.out)
     for path in (out, out.with_name(out.stem + ".log.csv")):
         refuse_overwriting_inputs(path, cohort, also=[p for p in (args.metadata,) if p])
-    config = TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, loss=args.loss, fairness=args.fairness,
-        group_attribute=args.group_attribute, attributes=parse_names(args.attributes), alpha=args.alpha,
-        min_support=args.min_support, dro_eta=args.dro_eta, equal_scale_target=args.equal_scale_target,
-        pseudo_label_split=args.pseudo_label_split, pseudo_weight=args.pseudo_weight, chi=args.chi,
-        val_fraction=args.val_fraction, seed=args.seed, device=args.device, amp=not args.no_amp,
-        workers=args.workers, spacing=args.spacing, fg_crop_prob=args.fg_prob)
+    config = _train_config(args)
     model_config = None
     if not (args.resume or args.init):
         overrides = {"dropout": args.dropout}
@@ -133,6 +128,28 @@ def _cmd_train(args) -> int:
                           args.quiet or not main_rank)
     if not main_rank:
         return 0
+    _report_training(result, config, args.out)
+    return 0
+
+
+def _train_config(args, **fixed):
+    """The :class:`TrainConfig` of ``train`` / ``adapt`` options (those a subcommand lacks keep defaults)."""
+    from ..training import TrainConfig
+
+    names = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "loss": "loss", "fairness": "fairness",
+             "group_attribute": "group_attribute", "alpha": "alpha", "min_support": "min_support",
+             "dro_eta": "dro_eta", "equal_scale_target": "equal_scale_target",
+             "pseudo_label_split": "pseudo_label_split", "pseudo_weight": "pseudo_weight", "chi": "chi",
+             "val_fraction": "val_fraction", "seed": "seed", "device": "device", "workers": "workers",
+             "spacing": "spacing", "fg_crop_prob": "fg_prob", "tau": "tau"}
+    kw = {field: getattr(args, opt) for field, opt in names.items() if hasattr(args, opt)}
+    if getattr(args, "attributes", None) is not None:
+        kw["attributes"] = parse_names(args.attributes)
+    kw["amp"] = not args.no_amp
+    return TrainConfig(**kw, **fixed)
+
+
+def _report_training(result, config, out) -> None:
     last = result.log.iloc[-1] if len(result.log) else {}
     groups = {k[9:-1]: v for k, v in dict(last).items() if k.startswith("val_dice[")}
     processes = f", {result.meta['world_size']} processes" if result.meta.get("world_size", 1) > 1 else ""
@@ -143,7 +160,32 @@ def _cmd_train(args) -> int:
         validation = "no validation cases (--val-fraction 0, a cohort without a val split, or under 4 training cases)"
     print(f"trained {result.config.network} ({result.meta['device']}{processes}) for {config.epochs} epochs; "
           + validation)
-    print(f"checkpoint: {args.out}\nlog: {Path(args.out).with_name(Path(args.out).stem + '.log.csv')}")
+    print(f"checkpoint: {out}\nlog: {Path(out).with_name(Path(out).stem + '.log.csv')}")
+
+
+def _cmd_adapt(args) -> int:
+    from ..data.manifest import refuse_overwriting_inputs
+    from ..data.readers import open_cohort
+    from ..models.uuds import UUDSOptions
+    from ..training.adapt import adapt_job
+
+    classes = parse_classes(args.classes)
+    source = open_cohort(args.source, metadata=args.metadata, classes=classes)
+    target = open_cohort(args.target, metadata=args.target_metadata, classes=classes)
+    out = Path(args.out)
+    for path in (out, out.with_name(out.stem + ".log.csv")):
+        refuse_overwriting_inputs(path, source, also=[p for p in (args.metadata, args.target_metadata) if p])
+        refuse_overwriting_inputs(path, target)
+    weights = parse_floats(args.weights, 4, "--weights")
+    config = _train_config(args, uuds_weights=weights, uncertainty_mask=not args.no_uncertainty)
+    options = UUDSOptions(width=args.width, context=args.context, domain_prompt=not args.no_domain_prompt,
+                          segmentation_prompt=not args.no_segmentation_prompt)
+    result = run_with_bar(adapt_job(source, target, config, options=options, out=args.out, init=args.init,
+                                    resume=args.resume), args.quiet)
+    _report_training(result, config, args.out)
+    last = result.log.iloc[-1] if len(result.log) else {}
+    print(f"adapted {source.name} -> {target.name}: last epoch pseudo-label loss {last.get('pseudo_loss', float('nan')):.4f}, "
+          f"identity {last.get('identity_loss', float('nan')):.4f} (validation is on the source: the target has no labels)")
     return 0
 
 
@@ -340,6 +382,42 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", help="continue an interrupted run from its checkpoint")
     g.add_argument("--init", help="fine-tune from this checkpoint (or 'brain' / 'fundus')")
     t.set_defaults(func=_cmd_train)
+
+    ad = sub.add_parser("adapt", allow_abbrev=False,
+                        help="adapt a model from a labelled source cohort to an unlabelled target cohort (seed 002, UUDS)")
+    ad.add_argument("source", help="labelled source cohort: manifest CSV or dataset folder")
+    ad.add_argument("target", help="unlabelled target cohort (its train split, or every case, is used; labels are not read)")
+    ad.add_argument("--out", required=True, help="adapted checkpoint to write (log: <stem>.log.csv beside it)")
+    ad.add_argument("--metadata", help="source metadata table (CSV/XLSX) joined by case id")
+    ad.add_argument("--target-metadata", help="target metadata table")
+    ad.add_argument("--classes", help="what the mask values mean, as for train")
+    ad.add_argument("--epochs", type=int, default=TRAIN["epochs"])
+    ad.add_argument("--batch-size", type=int, default=TRAIN["batch_size"])
+    ad.add_argument("--lr", type=float, default=TRAIN["lr"])
+    ad.add_argument("--loss", choices=TRAIN_LOSSES, default=TRAIN["loss"])
+    ad.add_argument("--fairness", choices=OBJECTIVES, default=TRAIN["fairness"],
+                    help="fairness objective on the supervised source term")
+    ad.add_argument("--group-attribute", help="groups for per-group validation Dice")
+    ad.add_argument("--weights", default="1,1,1,1",
+                    help="seed 002's alpha (domain distillation), beta (in-batch contrast), gamma (segmentation, "
+                         "pseudo-label and supervised), lambda (identity); default 1,1,1,1 as the paper")
+    ad.add_argument("--chi", type=float, default=TRAIN["chi"], help="pseudo-label uncertainty threshold")
+    ad.add_argument("--tau", type=float, default=0.07, help="temperature of the two contrasts")
+    ad.add_argument("--width", type=int, default=16, help="channels of the translator and prompts")
+    ad.add_argument("--context", type=int, default=4, help="context vectors of the segmentation prompt")
+    ad.add_argument("--no-domain-prompt", action="store_true", help="ablation: no domain prompt (no L_DD)")
+    ad.add_argument("--no-segmentation-prompt", action="store_true", help="ablation: no segmentation prompt (no L_BSCL)")
+    ad.add_argument("--no-uncertainty", action="store_true", help="ablation: pseudo-labels on every voxel")
+    ad.add_argument("--val-fraction", type=float, default=TRAIN["val_fraction"])
+    ad.add_argument("--seed", type=int, default=TRAIN["seed"])
+    ad.add_argument("--device", default=TRAIN["device"], help=DEVICE_HELP)
+    ad.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
+    ad.add_argument("--workers", type=int, default=TRAIN["workers"], help="data-loading worker processes")
+    g = ad.add_mutually_exclusive_group()
+    g.add_argument("--from", dest="init", help="the source model to adapt (checkpoint, or 'brain' / 'fundus'); "
+                   "default: a new network trained from scratch with the translator")
+    g.add_argument("--resume", help="continue an interrupted adaptation from its checkpoint")
+    ad.set_defaults(func=_cmd_adapt)
 
     r = sub.add_parser("predict", help="predictions and uncertainty maps with a trained network", allow_abbrev=False)
     r.add_argument("cohort", help="manifest CSV or dataset folder")

@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 
+from ..errors import InputDataError
 from ..options import DEVICES
 from ..progress import Progress, run_job
 
@@ -69,3 +70,14 @@ def parse_ints(text: str | None) -> tuple[int, ...] | None:
 
 def parse_names(text: str | None) -> tuple[str, ...]:
     return tuple(a.strip() for a in (text or "").split(",") if a.strip())
+
+
+def parse_floats(text: str, n: int, option: str) -> tuple[float, ...]:
+    """``n`` comma-separated numbers, or an :class:`InputDataError` naming ``option``."""
+    try:
+        values = tuple(float(t) for t in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != n:
+        raise InputDataError(None, f"{option} takes {n} numbers separated by commas, got {text!r}")
+    return values

@@ -103,6 +103,12 @@ class ModelConfig:
             if any(p % div for p in ps):
                 raise ValueError(f"patch_size {ps} must be a multiple of {div} for network {self.network!r}")
             object.__setattr__(self, "patch_size", ps)
+        if not isinstance(self.extra, dict):
+            raise ValueError(f"extra must be a mapping, got {type(self.extra).__name__}")
+        if "uuds" in self.extra:  # an adapted model (seed 002): its options must be valid
+            from .uuds import UUDSOptions
+
+            UUDSOptions.from_dict(self.extra["uuds"])
 
     @property
     def out_channels(self) -> int:
@@ -136,14 +142,28 @@ def size_divisor(config: ModelConfig) -> int:
     """Spatial sizes the network takes must be multiples of this."""
     feats = config.features or _default_features(config)
     if config.network in ("light_unet", "unet"):
-        return 2 ** (len(feats) - 1)
-    if config.network == "segresnet":
-        return 8
-    return 32
+        base = 2 ** (len(feats) - 1)
+    else:
+        base = 8 if config.network == "segresnet" else 32
+    if "uuds" in config.extra:
+        from .uuds import ENCODER_STRIDE
+
+        return math.lcm(base, ENCODER_STRIDE)
+    return base
 
 
 def build_network(config: ModelConfig) -> nn.Module:
-    """Instantiate the MONAI network that ``config`` describes (random initial weights)."""
+    """Instantiate the MONAI network that ``config`` describes (random initial weights).
+
+    A config whose ``extra`` holds ``"uuds"`` options gives that network wrapped in seed 002's
+    :class:`~.uuds.UUDSNet` (an adapted model).
+    """
+    if "uuds" in config.extra:
+        from .uuds import UUDSNet, UUDSOptions
+
+        plain = config.replace(extra={k: v for k, v in config.extra.items() if k != "uuds"})
+        return UUDSNet(build_network(plain), spatial_dims=config.spatial_dims, in_channels=config.in_channels,
+                       out_channels=config.out_channels, options=UUDSOptions.from_dict(config.extra["uuds"]))
     from monai.networks import nets
 
     feats = config.features or _default_features(config)

@@ -49,6 +49,7 @@ from ..models.checkpoint import (
 from ..models.networks import ModelConfig, build_network
 from ..options import TRAIN
 from ..progress import Job, Progress
+from .adaptation import batch_contrastive_loss, domain_distillation_loss, identity_loss, uuds_loss
 from .losses import LOSSES, per_case_loss, pseudo_label_loss
 from .objectives import OBJECTIVES, Objective, make_objective
 
@@ -114,6 +115,14 @@ class TrainConfig:
         before prediction, since the pipeline is stored in the checkpoint. Default: the training
         cases' median spacing (:func:`~napari_fairseg.data.pipeline.pipeline_for`); seed 004
         uses 1 mm isotropic. A fine-tuned or resumed model keeps its checkpoint's pipeline.
+    uuds_weights : tuple of 4 float
+        Seed 002's α (domain distillation), β (in-batch contrast), γ (pseudo-label and
+        supervised segmentation) and λ (identity) for an adapted model (:mod:`.adapt`).
+    uncertainty_mask : bool
+        Whether the pseudo-label loss keeps only voxels with uncertainty below ``chi`` (seed 002
+        Eq. 6–7); false keeps every voxel (the paper's "without uncertainty" ablation).
+    tau : float
+        Temperature of seed 002's two contrasts (Eq. 1, 2 and 4).
     """
 
     epochs: int = TRAIN["epochs"]
@@ -139,6 +148,9 @@ class TrainConfig:
     workers: int = TRAIN["workers"]
     cache: str | None = TRAIN["cache"]
     spacing: tuple[float, ...] | None = None
+    uuds_weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
+    uncertainty_mask: bool = True
+    tau: float = 0.07
 
     def __post_init__(self):
         if self.loss != "auto" and self.loss not in LOSSES:
@@ -156,6 +168,12 @@ class TrainConfig:
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
         object.__setattr__(self, "attributes", tuple(self.attributes))
+        weights = tuple(float(w) for w in self.uuds_weights)
+        if len(weights) != 4 or not all(w >= 0 for w in weights):
+            raise ValueError(f"uuds_weights must be four weights >= 0 (alpha, beta, gamma, lambda), got {self.uuds_weights}")
+        object.__setattr__(self, "uuds_weights", weights)
+        if not self.tau > 0:
+            raise ValueError(f"tau must be > 0, got {self.tau}")
         object.__setattr__(self, "cache", None if self.cache is None else str(self.cache))
         if self.spacing is not None:
             spacing = tuple(float(s) for s in self.spacing)
@@ -489,8 +507,9 @@ def _epoch_batches(run: _Run, epoch: int) -> tuple[list[list], list[list]]:
     return batches, targets
 
 
-def _step_loss(run: _Run, fit: _Fit, batch: dict, target_batch: dict | None) -> tuple[torch.Tensor, float | None]:
-    """The objective's loss of one batch (plus the pseudo-label term) and the pseudo-label loss."""
+def _step_loss(run: _Run, fit: _Fit, batch: dict, target_batch: dict | None) -> tuple[torch.Tensor, dict]:
+    """The objective's loss of one batch (plus the pseudo-label term, or an adapted model's
+    terms) and the extra terms to log (``{name: value}``)."""
     from .data import pad_batch
 
     cfg, mc, device = run.config, run.model_config, run.dist.device
@@ -499,6 +518,8 @@ def _step_loss(run: _Run, fit: _Fit, batch: dict, target_batch: dict | None) -> 
     _check_fits(x, mc, ids[0])
     x, y = pad_batch(x, mc), pad_batch(_plain(batch["target"]), mc)
     y = y.float() if mc.head == "sigmoid" else y[:, 0].long()
+    if "uuds" in mc.extra:
+        return _uuds_step_loss(run, fit, ids, x, y, target_batch)
     xs = [x] if target_batch is None else [x, pad_batch(_plain(target_batch["image"]), mc)]
     if len(xs) == 2 and xs[0].shape[2:] == xs[1].shape[2:]:
         xs = [torch.cat(xs)]  # one forward pass: DDP allows one per backward
@@ -506,9 +527,49 @@ def _step_loss(run: _Run, fit: _Fit, batch: dict, target_batch: dict | None) -> 
         logits = torch.cat([fit.ddp(t.to(device)) for t in xs])
     loss = run.objective.combine(per_case_loss(logits[:len(ids)], y.to(device), loss=run.loss, head=mc.head), ids)
     if target_batch is None:
-        return loss, None
-    pl, _kept = pseudo_label_loss(logits[len(ids):], head=mc.head, chi=cfg.chi)
-    return loss + cfg.pseudo_weight * pl.mean(), float(pl.detach().mean())
+        return loss, {}
+    chi = cfg.chi if cfg.uncertainty_mask else float("inf")
+    pl, _kept = pseudo_label_loss(logits[len(ids):], head=mc.head, chi=chi)
+    return loss + cfg.pseudo_weight * pl.mean(), {"pseudo_loss": float(pl.detach().mean())}
+
+
+def _uuds_step_loss(run: _Run, fit: _Fit, ids: list[str], x: torch.Tensor, y: torch.Tensor,
+                    target_batch: dict | None) -> tuple[torch.Tensor, dict]:
+    """Seed 002's total loss of one source batch and the target batch beside it (see
+    :mod:`.adaptation`); the fairness objective weighs the supervised source term."""
+    from .data import pad_batch
+
+    cfg, mc, device = run.config, run.model_config, run.dist.device
+    if target_batch is None:
+        raise FairSegError("an adapted model trains with target cases beside every batch (pseudo_label_split)")
+    xt = pad_batch(_plain(target_batch["image"]), mc)
+    _check_fits(xt, mc, list(target_batch["case_id"])[0])
+    with autocast(device, cfg.amp):
+        out = fit.ddp(x.to(device), target=xt.to(device))
+    y = y.to(device)
+    supervised = run.objective.combine(per_case_loss(out["source_logits"], y, loss=run.loss, head=mc.head), ids)
+    chi = cfg.chi if cfg.uncertainty_mask else float("inf")
+    pseudo, _kept = pseudo_label_loss(out["target_logits"], head=mc.head, chi=chi)
+    zero = supervised.new_zeros(())
+    dd_s = dd_ts = contrast = zero
+    if out["prompt"] is not None:
+        n = min(len(out["g_source"]), len(out["g_target"]))
+        g_t = out["g_target"][:n].float()
+        dd_s = domain_distillation_loss(out["g_source"][:n].float(), g_t, out["prompt"].float(), tau=cfg.tau)
+        # Eq. 2 moves the translation towards the prompt; the prompt and the target's features
+        # are Eq. 1's to learn (see models/uuds.py)
+        dd_ts = domain_distillation_loss(out["g_translated"][:n].float(), g_t.detach(),
+                                         out["prompt"].detach().float(), tau=cfg.tau)
+    if out["z"] is not None:
+        has_object = (y.flatten(1) > 0).any(dim=1).long()
+        contrast = batch_contrastive_loss(out["z"].float(), has_object, tau=cfg.tau)
+    identity = identity_loss(out["reconstruction"].float(), x.to(device).float())
+    a, b, g, lam = cfg.uuds_weights
+    total = uuds_loss(dd_source=dd_s, dd_translated=dd_ts, contrast=contrast, pseudo=pseudo.mean(),
+                      supervised=supervised, identity=identity, alpha=a, beta=b, gamma=g, lam=lam)
+    terms = {"pseudo_loss": pseudo.mean(), "dd_loss": dd_s + dd_ts, "contrast_loss": contrast,
+             "identity_loss": identity}
+    return total, {k: float(v.detach()) for k, v in terms.items()}
 
 
 def _train_epoch(run: _Run, data: _Data, fit: _Fit, epoch: int) -> Job[tuple[dict, list[str]]]:
@@ -524,9 +585,9 @@ def _train_epoch(run: _Run, data: _Data, fit: _Fit, epoch: int) -> Job[tuple[dic
     beside = (loader(data.target, batches=targets, workers=cfg.workers, seed=seed + 1)
               if targets else [None] * len(batches))
     fit.ddp.train()
-    losses, pl_losses, fed = [], [], []
+    losses, terms, fed = [], {}, []
     for s, (batch, target_batch) in enumerate(zip(steps, beside, strict=True)):
-        loss, pl = _step_loss(run, fit, batch, target_batch)
+        loss, extra = _step_loss(run, fit, batch, target_batch)
         if not torch.isfinite(loss):
             raise FairSegError(f"training loss became {float(loss)} at epoch {epoch + 1}, step {s + 1}; "
                                f"the last completed epoch's checkpoint {run.out} is intact. Check the images "
@@ -537,12 +598,12 @@ def _train_epoch(run: _Run, data: _Data, fit: _Fit, epoch: int) -> Job[tuple[dic
         fit.scaler.update()
         losses.append(float(loss.detach()))
         fed += list(batch["case_id"])
-        if pl is not None:
-            pl_losses.append(pl)
+        for k, v in extra.items():
+            terms.setdefault(k, []).append(v)
         yield Progress("train", s + 1, len(batches), f"epoch {epoch + 1}/{cfg.epochs} loss {losses[-1]:.4f}")
     row = {"epoch": epoch + 1, "train_loss": float(np.mean(run.dist.gather(float(np.mean(losses))))), "seconds": 0.0}
-    if pl_losses:
-        row["pseudo_loss"] = float(np.mean(run.dist.gather(float(np.mean(pl_losses)))))
+    for k, values in terms.items():
+        row[k] = float(np.mean(run.dist.gather(float(np.mean(values)))))
     return row, fed
 
 

@@ -1,0 +1,157 @@
+"""`fairseg adapt` (seed 002, UUDS): the user's path, bad inputs, cancel and resume, the direction."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from napari_fairseg.cli import main
+from napari_fairseg.data.manifest import Cohort
+from napari_fairseg.errors import Cancelled, InputDataError
+from napari_fairseg.models.checkpoint import load_checkpoint
+from napari_fairseg.progress import run_job
+from napari_fairseg.training.adapt import adapt_job, run_cohort
+from napari_fairseg.training.trainer import TrainConfig, model_config_for, train_job, validate
+
+FAST = {"device": "cpu", "lr": 1e-2, "augment": False}
+
+
+def write_domain(out, *, domain: str, n_train=8, n_val=2, n_test=4, size=32, seed=0) -> Cohort:
+    """Discs on a noisy field, two groups; ``domain`` ``source`` (bright disc, flat dark field)
+    or ``target`` (the same task under a strong left-to-right intensity ramp and a dimmer disc:
+    a shift that per-image normalisation does not undo). Written as PNGs with a manifest."""
+    rng = np.random.default_rng([seed, 0 if domain == "source" else 1])
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    yy, xx = np.mgrid[:size, :size]
+    splits = ["train"] * n_train + ["val"] * n_val + ["test"] * n_test
+    for i, split in enumerate(splits):
+        cy, cx = rng.uniform(10, size - 10, 2)
+        r = rng.uniform(4, 7)
+        disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+        if domain == "source":
+            img = np.where(disc, 0.7, 0.3)
+        else:
+            img = np.where(disc, 0.55, 0.2) + 0.45 * xx / size
+        img = np.clip(img + rng.normal(0, 0.05, disc.shape), 0, 1)
+        cid = f"{domain}_{i:02d}"
+        Image.fromarray((img * 255).astype(np.uint8)).save(out / f"{cid}.png")
+        Image.fromarray((disc * 255).astype(np.uint8)).save(out / f"{cid}_mask.png")
+        rows.append({"case_id": cid, "image": f"{cid}.png", "label": f"{cid}_mask.png", "split": split,
+                     "group": "A" if i % 2 else "B"})
+    pd.DataFrame(rows).to_csv(out / "manifest.csv", index=False)
+    from napari_fairseg.data.readers import open_cohort
+
+    return open_cohort(out / "manifest.csv")
+
+
+@pytest.fixture(scope="module")
+def domains(tmp_path_factory):
+    root = tmp_path_factory.mktemp("domains")
+    return write_domain(root / "source", domain="source"), write_domain(root / "target", domain="target")
+
+
+def _cli(capsys, *argv):
+    code = main(["--quiet", *map(str, argv)])
+    err = capsys.readouterr().err.strip()
+    return code, err
+
+
+def test_the_run_cohort_never_carries_target_labels(domains):
+    source, target = domains
+    run = run_cohort(source, target)
+    pool = run.cases[run.cases["split"] == "pool"]
+    assert sorted(pool["case_id"]) == sorted(target.cases.loc[target.cases["split"] == "train", "case_id"])
+    assert pool["label"].isna().all()
+    assert set(run.cases.loc[run.cases["split"] != "pool", "split"]) == {"train", "val"}  # no source test cases
+    assert run.name == f"{source.name}→{target.name}"
+
+
+def test_bad_pairs_stop_with_one_clear_line(tmp_path, domains, capsys, tiny_brain):
+    source, target = domains
+    s, t = source.source.parent, target.source.parent  # the folders, as a user types them
+    for args, match in (
+            ((s, s), "same cohort"),
+            ((s, tiny_brain.source), "3D with 1 channel"),
+    ):
+        code, err = _cli(capsys, "adapt", *args, "--out", tmp_path / "a.pt", "--epochs", "1")
+        assert code == 2 and match in err and len(err.splitlines()) == 1, err
+    # a source without labels
+    unlabelled = pd.read_csv(s / "manifest.csv").assign(label="")
+    (tmp_path / "nolabels").mkdir()
+    for f in s.glob("*.png"):
+        (tmp_path / "nolabels" / f.name).write_bytes(f.read_bytes())
+    unlabelled.to_csv(tmp_path / "nolabels" / "manifest.csv", index=False)
+    code, err = _cli(capsys, "adapt", tmp_path / "nolabels" / "manifest.csv", t, "--out", tmp_path / "a.pt")
+    assert code == 2 and "no labelled training cases" in err and len(err.splitlines()) == 1, err
+    # three-channel target against one-channel source
+    rgb = tmp_path / "rgb"
+    rgb.mkdir()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(rgb / "c.png")
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(rgb / "c_mask.png")
+    pd.DataFrame([{"case_id": "c", "image": "c.png", "label": "c_mask.png", "split": "train"}]).to_csv(
+        rgb / "manifest.csv", index=False)
+    code, err = _cli(capsys, "adapt", s, rgb / "manifest.csv", "--out", tmp_path / "a.pt")
+    assert code == 2 and "3 channel(s)" in err and len(err.splitlines()) == 1, err
+    code, err = _cli(capsys, "adapt", s, t, "--out", tmp_path / "a.pt", "--weights", "1,1")
+    assert code == 2 and "--weights takes 4 numbers" in err
+    assert not (tmp_path / "a.pt").exists()
+
+
+def test_adapt_cli_writes_a_checkpoint_that_predict_uses(tmp_path, domains, capsys):
+    source, target = domains
+    code, err = _cli(capsys, "train", source.source.parent, "--out", tmp_path / "src.pt", "--epochs", "1", "--network",
+                     "unet", "--features", "4,8", "--device", "cpu")
+    assert code == 0, err
+    code, err = _cli(capsys, "adapt", source.source.parent, target.source.parent, "--from", tmp_path / "src.pt", "--out",
+                     tmp_path / "ad.pt", "--epochs", "2", "--device", "cpu", "--width", "8")
+    assert code == 0, err
+    ckpt = load_checkpoint(tmp_path / "ad.pt")
+    uuds = ckpt.config.extra["uuds"]
+    assert (uuds["source"], uuds["target"]) == (source.name, target.name) and ckpt.meta["epoch"] == 2
+    log = pd.read_csv(tmp_path / "ad.log.csv")
+    assert {"pseudo_loss", "dd_loss", "contrast_loss", "identity_loss", "val_dice"} <= set(log.columns)
+    code, err = _cli(capsys, "predict", target.source.parent, "--model", tmp_path / "ad.pt", "--out", tmp_path / "pred",
+                     "--device", "cpu")
+    assert code == 0, err
+    assert len(list((tmp_path / "pred").glob("target_*"))) == len(target)
+    # an adapted model is not adapted again
+    code, err = _cli(capsys, "adapt", source.source.parent, target.source.parent, "--from", tmp_path / "ad.pt", "--out",
+                     tmp_path / "again.pt", "--epochs", "1")
+    assert code == 2 and "already adapted" in err
+
+
+def test_cancel_keeps_the_last_complete_epoch_and_resume_continues(tmp_path, domains):
+    source, target = domains
+    mc = model_config_for(source, network="unet", features=(4, 8))
+    config = TrainConfig(epochs=3, batch_size=4, seed=0, **FAST)
+    seen = []
+    with pytest.raises(Cancelled):
+        run_job(adapt_job(source, target, config, model_config=mc, out=tmp_path / "a.pt"), on_progress=seen.append,
+                should_cancel=lambda: sum(e.stage == "epoch" for e in seen) == 1 and seen[-1].stage == "train")
+    assert load_checkpoint(tmp_path / "a.pt").meta["epoch"] == 1
+    result = run_job(adapt_job(source, target, config, out=tmp_path / "a.pt", resume=tmp_path / "a.pt"))
+    assert list(result.log["epoch"]) == [1, 2, 3]
+    with pytest.raises(InputDataError, match="not an adaptation run"):
+        plain = run_job(train_job(source, mc, TrainConfig(epochs=1, **FAST), out=tmp_path / "p.pt"))
+        assert plain.checkpoint
+        run_job(adapt_job(source, target, config, resume=tmp_path / "p.pt"))
+
+
+def _target_dice(model_result, target) -> float:
+    from napari_fairseg.inference.predict import Predictor
+
+    ids = target.cases.loc[target.cases["split"] == "test", "case_id"].tolist()
+    predictor = Predictor.from_checkpoint(load_checkpoint(model_result.checkpoint))
+    return float(validate(predictor, target, ids)["dice"].mean())
+
+
+def test_adaptation_raises_target_dice_over_source_only(tmp_path, domains):
+    """The direction seed 002 promises, on a small shift within a CI budget."""
+    source, target = domains
+    mc = model_config_for(source, network="unet", features=(8, 16))
+    src = run_job(train_job(source, mc, TrainConfig(epochs=30, batch_size=4, seed=0, **FAST), out=tmp_path / "s.pt"))
+    adapted = run_job(adapt_job(source, target, TrainConfig(epochs=15, batch_size=4, seed=0, **FAST),
+                                init=tmp_path / "s.pt", out=tmp_path / "a.pt"))
+    before, after = _target_dice(src, target), _target_dice(adapted, target)
+    assert after > before + 0.05, (before, after)

@@ -1,0 +1,103 @@
+"""Seed 002's networks (models/uuds.py): shapes, the DAM's equation by hand, checkpoints, bad options."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from napari_fairseg.errors import InputDataError
+from napari_fairseg.models.checkpoint import load_checkpoint, save_checkpoint
+from napari_fairseg.models.networks import ModelConfig, build_network, size_divisor
+from napari_fairseg.models.uuds import DomainAdaptation, UUDSNet, UUDSOptions, instance_norm
+
+
+def _config(dims=3, **options):
+    return ModelConfig(network="light_unet" if dims == 3 else "unet", spatial_dims=dims, features=(4, 8),
+                       extra={"uuds": UUDSOptions(width=8, **options).to_dict()})
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_an_adapted_network_predicts_and_returns_every_training_term(dims):
+    torch.manual_seed(0)
+    net = build_network(_config(dims))
+    assert isinstance(net, UUDSNet) and size_divisor(_config(dims)) == 4
+    size = (16, 12, 8)[:dims]
+    x, t = torch.randn(3, 1, *size), torch.randn(2, 1, *size)
+    assert net(x).shape == (3, 1, *size)
+    out = net(x, target=t)
+    assert out["source_logits"].shape == (3, 1, *size) and out["target_logits"].shape == (2, 1, *size)
+    assert out["reconstruction"].shape == x.shape and out["translated"].shape == t.shape
+    assert out["g_source"].shape == (3, 8) and out["g_translated"].shape == (2, 8) and out["z"].shape == (3, 8)
+    # every part gets a gradient from the training terms
+    loss = sum(v.float().mean() for k, v in out.items() if isinstance(v, torch.Tensor) and k != "prompt")
+    loss.backward()
+    for part in ("encoder", "decoder", "segmenter", "adapt"):
+        assert all(p.grad is not None for p in getattr(net, part).parameters()), part
+    # the prompt head's gate starts at 0: an adapted model starts as segmenter(translation)
+    with torch.no_grad():
+        assert torch.allclose(net(x), net.segmenter(net.translate(x)[0]))
+        net.prompt.gate.fill_(1.0)
+        assert not torch.allclose(net(x), net.segmenter(net.translate(x)[0]))
+
+
+def test_ablations_drop_their_parts():
+    plain = build_network(_config(domain_prompt=False, segmentation_prompt=False))
+    assert plain.adapt.prompt is None and plain.prompt is None
+    out = plain(torch.randn(2, 1, 8, 8, 8), target=torch.randn(2, 1, 8, 8, 8))
+    assert out["z"] is None and out["prompt"] is None
+
+
+def test_instance_norm_matches_torch():
+    x = torch.randn(2, 5, 6, 7, 4) * 3 + 2
+    assert torch.allclose(instance_norm(x), F.instance_norm(x), atol=1e-5)
+
+
+def test_domain_adaptation_module_by_hand():
+    """Eq. 3: x^d = N · softmax_positions(q·k / d) ⊙ Nor(V), here with identity projections."""
+    torch.manual_seed(1)
+    dam = DomainAdaptation(2, 2, prompt=True)
+    att = dam.attention
+    with torch.no_grad():
+        for conv in (att.k, att.v):
+            conv.weight.copy_(torch.eye(2)[:, :, None, None])
+            conv.bias.zero_()
+        att.q.weight.copy_(torch.eye(2))
+        att.q.bias.zero_()
+        att.log_d.fill_(math.log(2.0))
+        dam.prompt.copy_(torch.tensor([1.0, 0.0]))
+    content = torch.tensor([[[[1.0, 3.0]], [[2.0, 2.0]]]])            # (1, 2, 1, 2): channel 1 constant
+    domain = torch.tensor([[[[0.0, 2.0]], [[5.0, -5.0]]]])
+    out = dam(content, domain)
+    # q·k per position: 0 and 2, / d = 2 → softmax([0, 1]); N = 2
+    w = torch.softmax(torch.tensor([0.0, 1.0]), 0) * 2
+    v = torch.tensor([[-1.0, 1.0], [0.0, 0.0]]) / torch.sqrt(torch.tensor(1.0 + 1e-5))  # Nor: mean 2, var 1
+    assert torch.allclose(out[0, :, 0, :], v * w, atol=1e-5)
+    # uniform attention (equal keys) leaves Nor(V) as it is
+    flat = dam(content, torch.ones_like(domain))
+    assert torch.allclose(flat, instance_norm(content), atol=1e-5)
+
+
+def test_adapted_checkpoint_round_trip_and_hostile_options(tmp_path):
+    torch.manual_seed(0)
+    cfg = _config()
+    net = build_network(cfg)
+    save_checkpoint(tmp_path / "a.pt", net, cfg, {"classes": {"caudate": [1]}})
+    ckpt = load_checkpoint(tmp_path / "a.pt")
+    assert ckpt.config.extra["uuds"]["width"] == 8
+    x = torch.randn(1, 1, 8, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(ckpt.build().eval()(x), net.eval()(x))
+    for bad, match in (({"width": 0}, "width"), ({"colour": 1}, "unknown uuds options"),
+                       ({"domain_prompt": "yes"}, "true or false")):
+        with pytest.raises(ValueError, match=match):
+            ModelConfig(extra={"uuds": bad})
+    with pytest.raises(ValueError, match="mapping"):
+        ModelConfig(extra={"uuds": "width=8"})
+    with pytest.raises(ValueError, match="extra must be a mapping"):
+        ModelConfig(extra="uuds")
+    payload = torch.load(tmp_path / "a.pt", weights_only=True)
+    payload["config"] = payload["config"].replace('"width": 8', '"width": 100000')
+    torch.save(payload, tmp_path / "bad.pt")
+    with pytest.raises(InputDataError, match="width"):
+        load_checkpoint(tmp_path / "bad.pt")
