@@ -55,6 +55,28 @@ def evaluate(ckpt_path: Path, target) -> dict:
     return row
 
 
+def _jobs(args, source, target, d: Path, base: dict, spacing) -> dict:
+    """Method name → a function that starts its job (run in METHODS order: the source model first)."""
+    def train(cohort, name):
+        return lambda: train_job(cohort, config=TrainConfig(epochs=args.epochs, spacing=spacing, **base),
+                                 out=d / f"{name}.pt")
+
+    def pseudo():
+        return train_job(run_cohort(source, target), init=d / "source.pt", out=d / "pseudo.pt",
+                         config=TrainConfig(epochs=args.adapt_epochs, pseudo_label_split="pool", **base))
+
+    def uuds(name, options, mask):
+        return lambda: adapt_job(source, target, TrainConfig(epochs=args.adapt_epochs, uncertainty_mask=mask, **base),
+                                 options=UUDSOptions(**options), init=d / "source.pt",
+                                 out=d / f"{name.replace(' ', '_').replace('/', '')}.pt")
+
+    return {"source only": train(source, "source"), "supervised on target": train(target, "target"),
+            "pseudo-labels only": pseudo, "UUDS": uuds("UUDS", {}, True),
+            "UUDS w/o domain prompt": uuds("UUDS w/o domain prompt", {"domain_prompt": False}, True),
+            "UUDS w/o segmentation prompt": uuds("UUDS w/o segmentation prompt", {"segmentation_prompt": False}, True),
+            "UUDS w/o uncertainty": uuds("UUDS w/o uncertainty", {}, False)}
+
+
 def run(args) -> pd.DataFrame:
     out = Path(args.out)
     source, target = cohorts(out, args.cases, args.source)
@@ -64,21 +86,7 @@ def run(args) -> pd.DataFrame:
         d = out / f"seed{seed}"
         d.mkdir(parents=True, exist_ok=True)
         base = dict(seed=seed, batch_size=args.batch_size, lr=args.lr, cache=str(out / "cache"))
-        jobs = {
-            "source only": lambda: train_job(source, config=TrainConfig(epochs=args.epochs, spacing=spacing, **base),
-                                             out=d / "source.pt"),
-            "supervised on target": lambda: train_job(target, config=TrainConfig(epochs=args.epochs, spacing=spacing,
-                                                                                 **base), out=d / "target.pt"),
-            "pseudo-labels only": lambda: train_job(
-                run_cohort(source, target), config=TrainConfig(epochs=args.adapt_epochs, pseudo_label_split="pool",
-                                                               **base), init=d / "source.pt", out=d / "pseudo.pt"),
-        }
-        for name, opts, mask in (("UUDS", {}, True), ("UUDS w/o domain prompt", {"domain_prompt": False}, True),
-                                 ("UUDS w/o segmentation prompt", {"segmentation_prompt": False}, True),
-                                 ("UUDS w/o uncertainty", {}, False)):
-            jobs[name] = (lambda opts=opts, mask=mask, name=name: adapt_job(
-                source, target, TrainConfig(epochs=args.adapt_epochs, uncertainty_mask=mask, **base),
-                options=UUDSOptions(**opts), init=d / "source.pt", out=d / f"{name.replace(' ', '_').replace('/', '')}.pt"))
+        jobs = _jobs(args, source, target, d, base, spacing)
         for name in ("source only", "supervised on target", *[m for m in METHODS if m not in
                                                                ("source only", "supervised on target")]):
             t = time.perf_counter()

@@ -161,6 +161,38 @@ def write_toy_cohort(out, *, n_major=12, n_minor=3, val=(6, 2), n_target=0, size
     return Cohort(pd.DataFrame(rows), "image2d", {"disk": (1,)}, "toy", source=out)
 
 
+def write_domain(out, *, domain: str, n_train=8, n_val=2, n_test=4, size=32, seed=0):
+    """Discs on a noisy field, two groups; ``domain`` ``source`` (bright disc, flat dark field)
+    or ``target`` (the same task under a strong left-to-right intensity ramp and a dimmer disc:
+    a shift that per-image normalisation does not undo). Written as PNGs with a manifest."""
+    import pandas as pd
+    from PIL import Image
+
+    rng = np.random.default_rng([seed, 0 if domain == "source" else 1])
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    yy, xx = np.mgrid[:size, :size]
+    splits = ["train"] * n_train + ["val"] * n_val + ["test"] * n_test
+    for i, split in enumerate(splits):
+        cy, cx = rng.uniform(10, size - 10, 2)
+        r = rng.uniform(4, 7)
+        disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+        if domain == "source":
+            img = np.where(disc, 0.7, 0.3)
+        else:
+            img = np.where(disc, 0.55, 0.2) + 0.45 * xx / size
+        img = np.clip(img + rng.normal(0, 0.05, disc.shape), 0, 1)
+        cid = f"{domain}_{i:02d}"
+        Image.fromarray((img * 255).astype(np.uint8)).save(out / f"{cid}.png")
+        Image.fromarray((disc * 255).astype(np.uint8)).save(out / f"{cid}_mask.png")
+        rows.append({"case_id": cid, "image": f"{cid}.png", "label": f"{cid}_mask.png", "split": split,
+                     "group": "A" if i % 2 else "B"})
+    pd.DataFrame(rows).to_csv(out / "manifest.csv", index=False)
+    from napari_fairseg.data.readers import open_cohort
+
+    return open_cohort(out / "manifest.csv")
+
+
 @pytest.fixture(scope="session")
 def toy(tmp_path_factory):
     return write_toy_cohort(tmp_path_factory.mktemp("toy"))

@@ -6,6 +6,11 @@ entropy overlay (nats, ``inferno``, additive, 0 … the maximum entropy), the RO
 (dilated prediction, seed 001 Eq. 1) and shows the case's masked scaled entropy. Running on the
 cohort writes predictions, maps and ``scores.csv`` to a folder. Both run in the background with
 a progress bar and Cancel; the device used is shown.
+
+"Adapt to a target cohort" (seed 002, UUDS) adapts the selected model from the open case's
+cohort (the labelled source) to an unlabelled target cohort (a folder or manifest), in the
+background, then shows a target case's source-only and adapted predictions with their entropy
+side by side, and selects the adapted checkpoint.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..data.kinds import KIND
-from ..data.layers import cohort_of, prediction_layers
+from ..data.layers import case_layers, cohort_of, prediction_layers, side_by_side
 from ..errors import user_message
 from ..inference import InferenceConfig, predict_cases_job
 from ..inference.uncertainty import max_entropy
@@ -53,6 +58,21 @@ def case_job(cohort, model: str, case_id: str, settings: InferenceConfig, *, tag
     return result, prediction_layers(result.predictions[case_id], aff, case_id, {"fairseg": tag}, entropy_max=top)
 
 
+def compare_job(target, models: dict[str, str], case_id: str, settings: InferenceConfig):
+    """Predict one target case with each of ``models`` (title → checkpoint) and lay the results
+    out side by side, each column over the case's image; returns the layer tuples."""
+    base = case_layers(target, case_id)[:1]
+    affine = base[0][1]["metadata"]["fairseg"]["affine"]
+    columns, shape = {}, None
+    for title, model in models.items():
+        result = yield from predict_cases_job(target, model, [case_id], settings=settings, keep=True)
+        pred = result.predictions[case_id]
+        top = float(max_entropy(result.checkpoint.config.head, len(result.checkpoint.config.label_values)))
+        shape = pred.label.shape
+        columns[title] = base + prediction_layers(pred, np.asarray(affine), case_id, {}, entropy_max=top)
+    return side_by_side(columns, np.asarray(affine), shape)
+
+
 class InferenceDock(JobDock):
     """Checkpoint, device and uncertainty settings; Run on this case / on the cohort; Cancel."""
 
@@ -64,7 +84,7 @@ class InferenceDock(JobDock):
         self._connect()
 
     def busy_widgets(self) -> list:
-        return [self.train_button, self.run_case_button, self.run_cohort_button]
+        return [self.train_button, self.run_case_button, self.run_cohort_button, self.adapt_button]
 
     # ------------------------------------------------------------------ widgets
     def _build(self) -> None:
@@ -94,6 +114,15 @@ class InferenceDock(JobDock):
         self.train_button = QPushButton("Train a model on the cohort")
         self.run_case_button = QPushButton("Run on this case")
         self.run_cohort_button = QPushButton("Run on the cohort")
+        self.target_path = QLineEdit()
+        self.target_path.setPlaceholderText("target cohort folder or manifest (unlabelled is fine)")
+        self.adapt_epochs = QSpinBox()
+        self.adapt_epochs.setRange(1, 2000)
+        self.adapt_epochs.setValue(TRAIN["epochs"])
+        self.adapt_button = QPushButton("Adapt to a target cohort")
+        self.adapt_button.setToolTip("Seed 002 (UUDS): adapt the selected model from the open case's cohort "
+                                     "(labelled) to the target cohort (its labels are not used), then compare "
+                                     "source-only and adapted predictions on a target case")
         self.status = QLabel("Open a case first (Cohort dock, File › Open or Open Sample).")
         self.status.setWordWrap(True)
         self.warning = QLabel("")
@@ -120,6 +149,14 @@ class InferenceDock(JobDock):
         layout.addLayout(form)
         layout.addLayout(buttons)
         layout.addLayout(train_row)
+        adapt = QFormLayout()
+        adapt.addRow("Target cohort", self.target_path)
+        adapt_row = QHBoxLayout()
+        adapt_row.addWidget(self.adapt_button, 1)
+        adapt_row.addWidget(QLabel("epochs"))
+        adapt_row.addWidget(self.adapt_epochs)
+        layout.addLayout(adapt)
+        layout.addLayout(adapt_row)
         layout.addWidget(self.cancel_button)
         layout.addWidget(self.warning)
         layout.addWidget(self.status)
@@ -130,6 +167,7 @@ class InferenceDock(JobDock):
         self.run_case_button.clicked.connect(self._on_run_case_clicked)
         self.run_cohort_button.clicked.connect(self._on_run_cohort_clicked)
         self.train_button.clicked.connect(self._on_train_clicked)
+        self.adapt_button.clicked.connect(self._on_adapt_clicked)
         self.viewer.layers.events.inserted.connect(self._on_layer_inserted)
 
     # ------------------------------------------------------------------ set-up
@@ -204,6 +242,50 @@ class InferenceDock(JobDock):
         self.status.setText(f"Training {model_config.network} for {config.epochs} epochs → {out}…")
         self.runner.start(train_job(cohort, model_config, config, out=out), title="train",
                           on_done=lambda r: self._on_trained(r, out))
+
+    def _on_adapt_clicked(self) -> None:
+        """Adapt the selected model to the target cohort, then compare on a target case."""
+        from ..data.readers import open_cohort
+        from ..models.zoo import resolve_checkpoint
+        from ..training.adapt import adapt_job, check_pair
+
+        found = current_case(self.viewer)
+        if found is None:
+            show_error("No case is open: open a case of the labelled source cohort first")
+            return
+        if not self.target_path.text().strip():
+            show_error("Type the target cohort's folder or manifest under Target cohort first")
+            return
+        try:
+            source = cohort_of(found[0])
+            target = open_cohort(self.target_path.text().strip())
+            check_pair(source, target)
+            init = str(resolve_checkpoint(self._model_ref()))
+            config = TrainConfig(epochs=self.adapt_epochs.value(), lr=1e-3, device=self.device_combo.currentText())
+        except FILE_ERRORS as exc:
+            show_error(f"Cannot adapt: {user_message(exc)}")
+            return
+        src = Path(target.source)
+        out = (src.parent if src.is_file() else src) / "models" / f"{source.name}-to-{target.name}-uuds.pt"
+        settings = self._settings()
+        tests = target.cases.loc[target.cases["split"] == "test", "case_id"].tolist()
+        case_id = (tests or target.case_ids)[0]
+        self.status.setText(f"Adapting {source.name} → {target.name} for {config.epochs} epochs → {out}…")
+
+        def job():
+            yield from adapt_job(source, target, config, init=init, out=out)
+            layers = yield from compare_job(target, {"source only": init, "adapted": str(out)}, case_id, settings)
+            return layers
+
+        self.runner.start(job(), title="adapt", on_done=lambda layers: self._on_adapted(layers, out, target, case_id))
+
+    def _on_adapted(self, layers, out: Path, target, case_id: str) -> None:
+        self.shown = show_layers(self.viewer, self.shown, layers)
+        self.viewer.reset_view()
+        self.model_combo.setCurrentText(FILE)
+        self.model_path.setText(str(out))
+        self.status.setText(f"Adapted to {target.name}: {case_id} source only (left) and adapted (right), with "
+                            f"their entropy; checkpoint {out} selected")
 
     def _on_trained(self, result, out: Path) -> None:
         self.warning.hide()  # it spoke of the previous model

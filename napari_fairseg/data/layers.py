@@ -159,6 +159,22 @@ def prediction_layers(result, affine: np.ndarray, case_id: str, metadata: dict, 
     return layers
 
 
+def side_by_side(columns: dict[str, list[LayerData]], affine: np.ndarray, shape) -> list[LayerData]:
+    """Layer sets shown next to each other: each column's layers renamed ``"<title>: <name>"``
+    and shifted right (last array axis) by one image width plus a 10 % gap per column.
+
+    ``shape`` is the case's spatial shape ``(*S)`` (voxels); ``affine`` its voxel → world matrix.
+    """
+    ndim = len(shape)
+    step = 1.1 * shape[-1] * spacing_of(affine, ndim)[-1]
+    out = []
+    for i, (title, layers) in enumerate(columns.items()):
+        for data, kw, kind in layers:
+            kw = {**kw, "name": f"{title}: {kw['name']}", "translate": (0.0,) * (ndim - 1) + (i * step,)}
+            out.append((data, kw, kind))
+    return out
+
+
 def _tagged(metadata: dict, affine: np.ndarray) -> dict:
     """``metadata`` with the source affine recorded under ``fairseg`` (for the writer)."""
     out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in metadata.items()}

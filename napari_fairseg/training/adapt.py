@@ -100,8 +100,8 @@ def _adapted_init(init: Checkpoint, config: ModelConfig, seed: int) -> Checkpoin
     return Checkpoint(config, dict(init.meta), state, None, init.path)
 
 
-def adapt_job(source: Cohort, target: Cohort, config: TrainConfig = TrainConfig(), *,
-              options: UUDSOptions = UUDSOptions(), model_config: ModelConfig | None = None,
+def adapt_job(source: Cohort, target: Cohort, config: TrainConfig | None = None, *,
+              options: UUDSOptions | None = None, model_config: ModelConfig | None = None,
               out: str | Path | None = None, log_path: str | Path | None = None,
               init: Checkpoint | str | Path | None = None, resume: str | Path | None = None) -> Job[TrainResult]:
     """Adapt a segmentation model from labelled ``source`` to unlabelled ``target`` (seed 002).
@@ -111,11 +111,11 @@ def adapt_job(source: Cohort, target: Cohort, config: TrainConfig = TrainConfig(
     source, target : Cohort
         The labelled source cohort (its ``train`` / ``val`` splits as in training) and the target
         cohort (its ``train`` split, or every case, is used without labels).
-    config : TrainConfig
-        Training settings; ``uuds_weights``, ``chi``, ``uncertainty_mask`` and ``tau`` are seed
+    config : TrainConfig, optional
+        Training settings (default ``TrainConfig()``); ``uuds_weights``, ``chi``, ``uncertainty_mask`` and ``tau`` are seed
         002's. Its ``pseudo_label_split`` is set here.
-    options : UUDSOptions
-        Network options and ablations; ``source`` and ``target`` are filled with the cohorts' names.
+    options : UUDSOptions, optional
+        Network options (default ``UUDSOptions()``) and ablations; ``source`` and ``target`` are filled with the cohorts' names.
     model_config : ModelConfig, optional
         The segmenter for a new model (default: :func:`~.trainer.model_config_for` the source).
     init : Checkpoint or path, optional
@@ -129,7 +129,8 @@ def adapt_job(source: Cohort, target: Cohort, config: TrainConfig = TrainConfig(
         As :func:`~.trainer.train_job`; the model is a :class:`~napari_fairseg.models.uuds.UUDSNet`.
     """
     cohort = run_cohort(source, target)
-    options = replace(options, source=source.name, target=target.name)
+    config = config or TrainConfig()
+    options = replace(options or UUDSOptions(), source=source.name, target=target.name)
     config = replace(config, pseudo_label_split=TARGET_SPLIT)
     if resume is not None:
         ckpt = load_checkpoint(resume)

@@ -147,3 +147,45 @@ def test_a_scan_opened_on_its_own_runs_and_cancel_says_so(make_napari_viewer, qt
     qtbot.mouseClick(dock.cancel_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: not dock.runner.busy, timeout=30_000)
     assert "cancelled" in dock.status.text() and "mutual information" not in " ".join(la.name for la in viewer.layers)
+
+
+def test_inference_dock_adapts_to_a_target_cohort_and_compares(make_napari_viewer, qtbot, open_dock, shot, tmp_path):
+    """Seed 002 from the dock: source cohort open, a source model selected, a target folder typed;
+    Adapt runs in the background and shows source-only and adapted predictions side by side."""
+    from napari_fairseg._napari.inference_dock import FILE
+    from napari_fairseg.models.checkpoint import load_checkpoint
+    from napari_fairseg.progress import run_job
+    from napari_fairseg.training.trainer import TrainConfig, model_config_for, train_job
+    from tests.conftest import write_domain
+
+    source = write_domain(tmp_path / "source", domain="source")
+    target = write_domain(tmp_path / "target", domain="target")
+    run_job(train_job(source, model_config_for(source, network="unet", features=(4, 8)),
+                      TrainConfig(epochs=2, device="cpu", augment=False), out=tmp_path / "src.pt"))
+    viewer = make_napari_viewer()
+    cohort_dock, dock = open_dock(viewer, "Cohort"), open_dock(viewer, "Model & inference")
+    qtbot.mouseClick(dock.adapt_button, Qt.MouseButton.LeftButton)  # nothing open: an error, no job
+    assert not dock.runner.busy
+    cohort_dock.load(source.source)
+    cohort_dock.open_case(source.case_ids[0])
+    dock.model_combo.setCurrentText(FILE)
+    dock.model_path.setText(str(tmp_path / "src.pt"))
+    dock.device_combo.setCurrentText("cpu")
+    dock.target_path.setText(str(source.source.parent))  # the source again: refused before any job
+    qtbot.mouseClick(dock.adapt_button, Qt.MouseButton.LeftButton)
+    assert not dock.runner.busy
+    dock.target_path.setText(str(target.source.parent))
+    dock.adapt_epochs.setValue(2)
+    qtbot.mouseClick(dock.adapt_button, Qt.MouseButton.LeftButton)
+    assert not dock.adapt_button.isEnabled() and dock.cancel_button.isEnabled()
+    case_id = target.cases.loc[target.cases["split"] == "test", "case_id"].iloc[0]
+    qtbot.waitUntil(lambda: f"adapted: {case_id} prediction" in viewer.layers, timeout=180_000)
+    qtbot.waitUntil(lambda: dock.adapt_button.isEnabled(), timeout=10_000)
+    left, right = viewer.layers[f"source only: {case_id} prediction"], viewer.layers[f"adapted: {case_id} prediction"]
+    assert right.translate[-1] > left.translate[-1] + left.data.shape[-1] * left.scale[-1]  # side by side
+    assert f"adapted: {case_id} entropy" in viewer.layers and f"source only: {case_id}" in viewer.layers
+    out = target.source.parent / "models" / f"{source.name}-to-{target.name}-uuds.pt"
+    assert dock.model_combo.currentText() == FILE and Path(dock.model_path.text()) == out
+    assert load_checkpoint(out).config.extra["uuds"]["target"] == target.name
+    assert "source only (left) and adapted (right)" in dock.status.text()
+    shot(viewer, "inference_dock_adapt")
