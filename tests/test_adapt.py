@@ -67,6 +67,14 @@ def test_bad_pairs_stop_with_one_clear_line(tmp_path, domains, capsys, tiny_brai
     assert code == 2 and "3 channel(s)" in err and len(err.splitlines()) == 1, err
     code, err = _cli(capsys, "adapt", s, t, "--out", tmp_path / "a.pt", "--weights", "1,1")
     assert code == 2 and "--weights takes 4 numbers" in err
+    for weights in ("1,inf,1,1", "0,0,0,0"):
+        code, err = _cli(capsys, "adapt", s, t, "--out", tmp_path / "a.pt", "--weights", weights)
+        assert code == 2 and "uuds_weights must be four finite weights" in err, err
+    code, err = _cli(capsys, "adapt", s, t, "--out", tmp_path / "a.pt", "--chi=-1")
+    assert code == 2 and "chi" in err
+    # the bundled names resolve (this 2D cohort does not fit the 3D brain model: refused for that)
+    code, err = _cli(capsys, "adapt", s, t, "--out", tmp_path / "a.pt", "--from", "brain")
+    assert code == 2 and "not found" not in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "a.pt").exists()
 
 
@@ -87,6 +95,15 @@ def test_adapt_cli_writes_a_checkpoint_that_predict_uses(tmp_path, domains, caps
                      "--device", "cpu")
     assert code == 0, err
     assert len(list((tmp_path / "pred").glob("target_*"))) == len(target)
+    # --out never overwrites the model it starts from
+    before = (tmp_path / "src.pt").read_bytes()
+    code, err = _cli(capsys, "adapt", source.source.parent, target.source.parent, "--from", tmp_path / "src.pt",
+                     "--out", tmp_path / "src.pt", "--epochs", "1")
+    assert code == 2 and "overwrite" in err and (tmp_path / "src.pt").read_bytes() == before
+    # resuming asks for the interrupted run's options
+    code, err = _cli(capsys, "adapt", source.source.parent, target.source.parent, "--resume", tmp_path / "ad.pt",
+                     "--out", tmp_path / "ad.pt", "--epochs", "3", "--width", "16", "--device", "cpu")
+    assert code == 2 and "resume needs the interrupted run's cohorts and network options" in err, err
     # an adapted model is not adapted again
     code, err = _cli(capsys, "adapt", source.source.parent, target.source.parent, "--from", tmp_path / "ad.pt", "--out",
                      tmp_path / "again.pt", "--epochs", "1")

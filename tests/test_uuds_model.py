@@ -88,7 +88,8 @@ def test_adapted_checkpoint_round_trip_and_hostile_options(tmp_path):
     x = torch.randn(1, 1, 8, 8, 8)
     with torch.no_grad():
         assert torch.equal(ckpt.build().eval()(x), net.eval()(x))
-    for bad, match in (({"width": 0}, "width"), ({"colour": 1}, "unknown uuds options"),
+    for bad, match in (({"width": 0}, "width"), ({"width": float("inf")}, "width"), ({"width": True}, "width"),
+                       ({"context": 2.5}, "context"), ({"colour": 1}, "unknown uuds options"),
                        ({"domain_prompt": "yes"}, "true or false")):
         with pytest.raises(ValueError, match=match):
             ModelConfig(extra={"uuds": bad})

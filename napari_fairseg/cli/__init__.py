@@ -113,7 +113,7 @@ def _cmd_train(args) -> int:
     cohort = open_cohort(args.cohort, metadata=args.metadata, classes=parse_classes(args.classes))
     out = Path(args.out)
     for path in (out, out.with_name(out.stem + ".log.csv")):
-        refuse_overwriting_inputs(path, cohort, also=[p for p in (args.metadata,) if p])
+        refuse_overwriting_inputs(path, cohort, also=[p for p in (args.metadata, _model_file(args.init)) if p])
     config = _train_config(args)
     model_config = None
     if not (args.resume or args.init):
@@ -130,6 +130,20 @@ def _cmd_train(args) -> int:
         return 0
     _report_training(result, config, args.out)
     return 0
+
+
+def _model_file(ref: str | None) -> Path | None:
+    """The checkpoint file a ``--init`` / ``--from`` reference names (a bundled name resolved),
+    so that ``--out`` cannot overwrite it; ``None`` when there is none (or it is missing: the job
+    says so)."""
+    if not ref:
+        return None
+    from ..models.zoo import resolve_checkpoint
+
+    try:
+        return resolve_checkpoint(ref)
+    except InputDataError:
+        return None
 
 
 def _train_config(args, **fixed):
@@ -158,7 +172,8 @@ def _report_training(result, config, out) -> None:
                       + "".join(f"  {g} {v:.4f}" for g, v in groups.items()))
     else:
         validation = "no validation cases (--val-fraction 0, a cohort without a val split, or under 4 training cases)"
-    print(f"trained {result.config.network} ({result.meta['device']}{processes}) for {config.epochs} epochs; "
+    epochs = f"{config.epochs} epoch{'s' if config.epochs != 1 else ''}"
+    print(f"trained {result.config.network} ({result.meta['device']}{processes}) up to {epochs}; "
           + validation)
     print(f"checkpoint: {out}\nlog: {Path(out).with_name(Path(out).stem + '.log.csv')}")
 
@@ -173,17 +188,27 @@ def _cmd_adapt(args) -> int:
     source = open_cohort(args.source, metadata=args.metadata, classes=classes)
     target = open_cohort(args.target, metadata=args.target_metadata, classes=classes)
     out = Path(args.out)
+    also = [p for p in (args.metadata, args.target_metadata, _model_file(args.init)) if p]
     for path in (out, out.with_name(out.stem + ".log.csv")):
-        refuse_overwriting_inputs(path, source, also=[p for p in (args.metadata, args.target_metadata) if p])
+        refuse_overwriting_inputs(path, source, also=also)
         refuse_overwriting_inputs(path, target)
     weights = parse_floats(args.weights, 4, "--weights")
     config = _train_config(args, uuds_weights=weights, uncertainty_mask=not args.no_uncertainty)
     options = UUDSOptions(width=args.width, context=args.context, domain_prompt=not args.no_domain_prompt,
                           segmentation_prompt=not args.no_segmentation_prompt)
-    result = run_with_bar(adapt_job(source, target, config, options=options, out=args.out, init=args.init,
-                                    resume=args.resume), args.quiet)
+    model_config = None
+    if args.patch and not (args.init or args.resume):
+        from ..training import model_config_for
+
+        model_config = model_config_for(source, patch_size=parse_ints(args.patch))
+    result = run_with_bar(adapt_job(source, target, config, options=options, model_config=model_config,
+                                    out=args.out, init=args.init, resume=args.resume), args.quiet)
     _report_training(result, config, args.out)
     last = result.log.iloc[-1] if len(result.log) else {}
+    if "contrast_loss" in result.log and not result.log["contrast_loss"].any():
+        print("note: the in-batch contrast (L_BSCL) was 0 in every epoch: each batch held only images with the "
+              "object (or only without). Adapt a model that trains on patches (fairseg train --patch …) with "
+              "--fg-prob below 1, or use larger batches, for it to act")
     print(f"adapted {source.name} -> {target.name}: last epoch pseudo-label loss {last.get('pseudo_loss', float('nan')):.4f}, "
           f"identity {last.get('identity_loss', float('nan')):.4f} (validation is on the source: the target has no labels)")
     return 0
@@ -401,6 +426,10 @@ def build_parser() -> argparse.ArgumentParser:
     ad.add_argument("--weights", default="1,1,1,1",
                     help="seed 002's alpha (domain distillation), beta (in-batch contrast), gamma (segmentation, "
                          "pseudo-label and supervised), lambda (identity); default 1,1,1,1 as the paper")
+    ad.add_argument("--patch", help="a new network (no --from): training crop size, e.g. 32,32,24")
+    ad.add_argument("--fg-prob", type=float, default=TRAIN["fg_crop_prob"],
+                    help="patch models: share of source crops centred on a labelled voxel (below 1, batches mix "
+                         "crops with and without the object, which the in-batch contrast needs)")
     ad.add_argument("--chi", type=float, default=TRAIN["chi"], help="pseudo-label uncertainty threshold")
     ad.add_argument("--tau", type=float, default=0.07, help="temperature of the two contrasts")
     ad.add_argument("--width", type=int, default=16, help="channels of the translator and prompts")

@@ -299,7 +299,8 @@ def brain_cohort_job(out_dir: str | Path, *, n_cases: int = 24, seed: int = 0, b
                      "sex": "F" if case_rng.random() < 0.5 else "M", "age": int(case_rng.integers(20, 81)),
                      "local_deformation_mm": round(local, 3) if local is not None else 0.0})
         yield Progress("cases", i + 1, n_cases, cid)
-    cohort = Cohort(pd.DataFrame(rows), "nifti", {"caudate": (1,)}, f"brain-{bias}-seed{seed}",
+    name = f"brain-{bias}-seed{seed}" if modality == "t1" else f"brain-{modality}-{bias}-seed{seed}"
+    cohort = Cohort(pd.DataFrame(rows), "nifti", {"caudate": (1,)}, name,
                     [f"synthetic brain cohort: seed {seed}, {bias} bias (mu={mu}, sigma={sigma} mm), "
                      f"{n1} Group 1 / {n_cases - n1} Group 2, grid {shape} at {spacing} mm ({field} field of view), "
                      f"{modality.upper()} contrast"], out)

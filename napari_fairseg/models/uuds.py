@@ -77,15 +77,13 @@ class UUDSOptions:
     target: str = ""
 
     def __post_init__(self):
-        if not 1 <= int(self.width) <= 256:
-            raise ValueError(f"uuds width must be 1 … 256, got {self.width}")
-        if not 1 <= int(self.context) <= 64:
-            raise ValueError(f"uuds context must be 1 … 64 vectors, got {self.context}")
+        for name, top in (("width", 256), ("context", 64)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
+                raise ValueError(f"uuds {name} must be a whole number 1 … {top}, got {value!r}")
         for name in ("domain_prompt", "segmentation_prompt"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"uuds {name} must be true or false, got {getattr(self, name)!r}")
-        object.__setattr__(self, "width", int(self.width))
-        object.__setattr__(self, "context", int(self.context))
         object.__setattr__(self, "source", str(self.source))
         object.__setattr__(self, "target", str(self.target))
 

@@ -31,6 +31,7 @@ from ..errors import InputDataError
 from ..models.checkpoint import Checkpoint, check_compatible, load_checkpoint
 from ..models.networks import ModelConfig, build_network
 from ..models.uuds import UUDSOptions
+from ..models.zoo import resolve_checkpoint
 from ..progress import Job
 from .trainer import TrainConfig, TrainResult, model_config_for, train_job
 
@@ -90,6 +91,13 @@ def run_cohort(source: Cohort, target: Cohort) -> Cohort:
     return merge_cohorts([source, unlabelled], name=f"{source.name}→{target.name}")
 
 
+def _describe(options: UUDSOptions) -> str:
+    parts = [f"width {options.width}", f"{options.context} context vectors"]
+    parts += [] if options.domain_prompt else ["no domain prompt"]
+    parts += [] if options.segmentation_prompt else ["no segmentation prompt"]
+    return ", ".join(parts)
+
+
 def _adapted_init(init: Checkpoint, config: ModelConfig, seed: int) -> Checkpoint:
     """``init``'s segmenter inside a seeded :class:`UUDSNet` of ``config``, as a checkpoint."""
     torch.manual_seed(seed)
@@ -136,9 +144,14 @@ def adapt_job(source: Cohort, target: Cohort, config: TrainConfig | None = None,
         ckpt = load_checkpoint(resume)
         if "uuds" not in ckpt.config.extra:
             raise InputDataError(resume, "this checkpoint is not an adaptation run's (no UUDS parts) to resume")
+        stored = UUDSOptions.from_dict(ckpt.config.extra["uuds"])
+        if stored != options:
+            raise InputDataError(resume, "resume needs the interrupted run's cohorts and network options: it adapted "
+                                 f"{stored.source!r} → {stored.target!r} with {_describe(stored)}, this run asks "
+                                 f"for {options.source!r} → {options.target!r} with {_describe(options)}")
         return (yield from train_job(cohort, config=config, out=out, log_path=log_path, resume=resume))
     if init is not None:
-        init = init if isinstance(init, Checkpoint) else load_checkpoint(init)
+        init = init if isinstance(init, Checkpoint) else load_checkpoint(resolve_checkpoint(init))
         if "uuds" in init.config.extra:
             raise InputDataError(init.path, "this model is already adapted; start from its source model")
         check_compatible(init, source)

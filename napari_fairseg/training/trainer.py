@@ -169,11 +169,14 @@ class TrainConfig:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
         object.__setattr__(self, "attributes", tuple(self.attributes))
         weights = tuple(float(w) for w in self.uuds_weights)
-        if len(weights) != 4 or not all(w >= 0 for w in weights):
-            raise ValueError(f"uuds_weights must be four weights >= 0 (alpha, beta, gamma, lambda), got {self.uuds_weights}")
+        if len(weights) != 4 or not all(0 <= w < float("inf") for w in weights) or not any(weights):
+            raise ValueError("uuds_weights must be four finite weights >= 0, not all 0 (alpha, beta, gamma, "
+                             f"lambda), got {self.uuds_weights}")
         object.__setattr__(self, "uuds_weights", weights)
-        if not self.tau > 0:
+        if not 0 < self.tau < float("inf"):
             raise ValueError(f"tau must be > 0, got {self.tau}")
+        if not 0 < self.chi < float("inf"):
+            raise ValueError(f"chi (the pseudo-label uncertainty threshold) must be > 0, got {self.chi}")
         object.__setattr__(self, "cache", None if self.cache is None else str(self.cache))
         if self.spacing is not None:
             spacing = tuple(float(s) for s in self.spacing)
