@@ -6,7 +6,7 @@ seed 002 Eq. 5–8 on the target images themselves), UUDS, and UUDS without the 
 without the segmentation prompt / without uncertainty masking (the paper's Table 3). Every
 model is evaluated on the target cohort's *test* cases (their labels are read for this only):
 Dice, per-group Dice and ES-Dice. Prints a markdown table (mean ± std over seeds), the share of
-the gap recovered, and seconds per epoch; writes every run's row to ``<out>/results.csv``.
+the gap recovered, and seconds per epoch; writes every run's row to ``<out>/results-<source>.csv``.
 
     python benchmarks/uuds_experiment.py --out /tmp/uuds --seeds 0,1,2
 
@@ -83,7 +83,7 @@ def run(args) -> pd.DataFrame:
     spacing = (args.spacing,) * 3
     rows = []
     for seed in args.seeds:
-        d = out / f"seed{seed}"
+        d = out / f"{args.source}-seed{seed}"
         d.mkdir(parents=True, exist_ok=True)
         base = dict(seed=seed, batch_size=args.batch_size, lr=args.lr, cache=str(out / "cache"))
         jobs = _jobs(args, source, target, d, base, spacing)
@@ -98,7 +98,7 @@ def run(args) -> pd.DataFrame:
             rows.append(row)
             print(f"seed {seed} {name:30s} Dice {row['dice']:.4f} ES-Dice {row['es_dice']:.4f} "
                   f"{row['s_per_epoch']:.1f} s/epoch", flush=True)
-            pd.DataFrame(rows).to_csv(out / "results.csv", index=False)
+            pd.DataFrame(rows).to_csv(out / f"results-{args.source}.csv", index=False)
     return pd.DataFrame(rows)
 
 

@@ -1,0 +1,112 @@
+"""Optic disc / cup masks as point clouds and back (seed 003, FairDiff's point representation).
+
+FairDiff generates fundus masks as point clouds (seed 003 §2.2, Eq. 3–4): the outline pixels of
+the disc get ``z = −z0`` and those of the cup ``z = +z0``; the public reference code uses ``z0 = 5`` and 512 points by farthest-point sampling. A generated cloud becomes a mask
+again by drawing each outline's points, closing the gaps between them (dilate, then erode) and
+filling the closed contour, the cup kept inside the disc.
+
+Masks here are class maps ``(H, W)``: 0 background, 1 rim, 2 cup (the FairSeg classes after
+decoding, :data:`~.kinds.FAIRSEG_MASK_CODES`); the disc is rim ∪ cup. Points are ``(N, 3)``
+float: ``x`` (column) and ``y`` (row) in pixels, and ``z``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+#: seed 003's reference values: the outline's z mark and the points per mask
+Z0, N_POINTS = 5.0, 512
+RIM, CUP = 1, 2
+
+
+def _outline(region: np.ndarray) -> np.ndarray:
+    """``(K, 2)`` (row, col) of the region's boundary pixels: those with a neighbour outside it.
+
+    (The reference code runs Canny on the binary mask, which marks the same contour to within a
+    pixel; on a binary mask the inner boundary is exact and needs no smoothing scale.)
+    """
+    return np.argwhere(region & ~ndimage.binary_erosion(region, border_value=0))
+
+
+def farthest_point_sampling(points: np.ndarray, n: int, *, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Indices of ``n`` points of ``points`` ``(K, D)``, each the farthest from those chosen before.
+
+    Starts from a random point (``rng``) or the first. With ``K < n`` the order repeats, so that
+    every cloud has ``n`` points.
+    """
+    k = len(points)
+    if k == 0:
+        raise ValueError("no points to sample from")
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    m = min(n, k)
+    chosen = np.empty(m, int)
+    chosen[0] = int(rng.integers(k)) if rng is not None else 0
+    dist = np.linalg.norm(points - points[chosen[0]], axis=1)
+    for i in range(1, m):
+        chosen[i] = int(np.argmax(dist))
+        dist = np.minimum(dist, np.linalg.norm(points - points[chosen[i]], axis=1))
+    return np.resize(chosen, n)
+
+
+def mask_to_points(label: np.ndarray, *, n_points: int = N_POINTS, z0: float = Z0,
+                   rng: np.random.Generator | None = None) -> np.ndarray:
+    """Seed 003 Eq. 3–4: the disc and cup outlines of ``label`` ``(H, W)`` as ``(n_points, 3)``.
+
+    Raises
+    ------
+    ValueError
+        A label that is not 2D, holds values other than 0, 1, 2, or has no disc.
+    """
+    label = np.asarray(label)
+    if label.ndim != 2:
+        raise ValueError(f"a fundus mask is 2D (H, W), got shape {label.shape}")
+    bad = set(np.unique(label).tolist()) - {0, RIM, CUP}
+    if bad:
+        raise ValueError(f"mask values must be 0 (background), 1 (rim), 2 (cup), found {sorted(bad)}")
+    disc, cup = label >= RIM, label == CUP
+    if not disc.any():
+        raise ValueError("the mask has no optic disc (no rim or cup pixel)")
+    parts = []
+    for region, z in ((disc, -z0), (cup, z0)):
+        rc = _outline(region)
+        parts.append(np.column_stack([rc[:, 1], rc[:, 0], np.full(len(rc), z)]).astype(float))
+    cloud = np.concatenate(parts)
+    return cloud[farthest_point_sampling(cloud, n_points, rng=rng)]
+
+
+def _fill(xy: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """The region one outline's points ``(K, 2)`` (x, y) enclose: drawn, closed, filled."""
+    canvas = np.zeros(shape, bool)
+    if not len(xy):
+        return canvas
+    cols = np.clip(np.rint(xy[:, 0]).astype(int), 0, shape[1] - 1)
+    rows = np.clip(np.rint(xy[:, 1]).astype(int), 0, shape[0] - 1)
+    canvas[rows, cols] = True
+    pts = np.column_stack([rows, cols]).astype(float)
+    if len(pts) > 1:  # the closing must bridge the widest gap between neighbouring points
+        d = np.linalg.norm(pts[:, None] - pts[None], axis=-1)
+        np.fill_diagonal(d, np.inf)
+        radius = int(np.ceil(np.max(np.min(d, axis=1)) / 2)) + 1
+    else:
+        radius = 1
+    yy, xx = np.mgrid[-radius:radius + 1, -radius:radius + 1]
+    disk = xx ** 2 + yy ** 2 <= radius ** 2  # the elliptic (here circular) kernel
+    pad = radius + 1
+    closed = ndimage.binary_erosion(ndimage.binary_dilation(np.pad(canvas, pad), disk), disk)[pad:-pad, pad:-pad]
+    return ndimage.binary_fill_holes(closed | canvas)
+
+
+def points_to_mask(points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A class map ``shape`` from a cloud ``(N, 3)``: ``z < 0`` outline the disc, ``z > 0`` the
+    cup; the cup is kept inside the disc (0 background, 1 rim, 2 cup)."""
+    points = np.asarray(points, float)
+    if points.ndim != 2 or points.shape[1] != 3 or not np.isfinite(points).all():
+        raise ValueError(f"points must be a finite (N, 3) array, got shape {points.shape}")
+    disc = _fill(points[points[:, 2] < 0, :2], shape)
+    cup = _fill(points[points[:, 2] > 0, :2], shape) & disc
+    out = np.zeros(shape, np.int16)
+    out[disc] = RIM
+    out[cup] = CUP
+    return out
