@@ -33,8 +33,12 @@ def test_the_job_trains_writes_and_samples_per_group(tmp_path, fundus):
     assert masks.shape == (3, 128, 128) and set(np.unique(masks)) <= {0, 1, 2}
     assert not ((masks == 2) & (masks < 1)).any()
     np.testing.assert_array_equal(masks, sample_masks(model, meta, "Black", 3, seed=0))  # seeded
+    assert ((masks >= 1).sum(axis=(1, 2)) > 0).all()
     with pytest.raises(InputDataError, match="not one the generator learned"):
         sample_masks(model, meta, "Martian", 1)
+    for kw in ({"n": 0}, {"n": 1, "seed": -1}, {"n": 1, "seed": 2**64}):
+        with pytest.raises(ValueError):
+            sample_masks(model, meta, "Black", **kw)
 
 
 def test_cancel_writes_nothing(tmp_path, fundus):
@@ -60,5 +64,39 @@ def test_bad_inputs_get_one_line(tmp_path, fundus, tiny_brain):
         with pytest.raises(InputDataError, match="not a readable mask generator"):
             load_mask_generator(tmp_path / name)
     torch.save({"format": "napari-fairseg-mask-generator", "meta": "{}", "state_dict": {}}, tmp_path / "empty.pt")
-    with pytest.raises(InputDataError, match="not a readable mask generator"):
+    with pytest.raises(InputDataError, match="not a usable mask generator: groups"):
         load_mask_generator(tmp_path / "empty.pt")
+
+
+def test_hostile_generator_files_are_refused_before_they_cost_anything(tmp_path, fundus):
+    import json
+    import os
+
+    run_job(mask_generator_job(fundus, "race", FAST, out=tmp_path / "g.pt"))
+    good = torch.load(tmp_path / "g.pt", weights_only=True)
+
+    class Code:
+        def __reduce__(self):
+            return os.system, (f"touch {tmp_path / 'ran'}",)
+
+    torch.save({"format": "napari-fairseg-mask-generator", "x": Code()}, tmp_path / "code.pt")
+    with pytest.raises(InputDataError, match="refused to load") as err:
+        load_mask_generator(tmp_path / "code.pt")
+    assert "weights_only set to False" not in str(err.value) and not (tmp_path / "ran").exists()
+    meta = json.loads(good["meta"])
+    for change, match in ((lambda m: m["config"].update(n_points=10**9), "n_points"),
+                          (lambda m: m.update(shape=[10**6, 10**6]), "mask shape"),
+                          (lambda m: m.update(shape=[-5, 10]), "mask shape"),
+                          (lambda m: m.pop("shape"), "mask shape"),
+                          (lambda m: m.update(z0=0), "z0"),
+                          (lambda m: m.update(groups="abc"), "groups"),
+                          (lambda m: m.update(groups=["A", "A", "B"]), "groups"),
+                          (lambda m: m["config"].update(n_points="64"), "n_points")):
+        bad = json.loads(json.dumps(meta))
+        change(bad)
+        torch.save({**good, "meta": json.dumps(bad)}, tmp_path / "bad.pt")
+        with pytest.raises(InputDataError, match=match):
+            load_mask_generator(tmp_path / "bad.pt")
+    torch.save({**good, "state_dict": {k: v[:1] for k, v in good["state_dict"].items()}}, tmp_path / "shape.pt")
+    with pytest.raises(InputDataError, match="size mismatch for"):
+        load_mask_generator(tmp_path / "shape.pt")

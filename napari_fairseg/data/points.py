@@ -1,9 +1,10 @@
 """Optic disc / cup masks as point clouds and back (seed 003, FairDiff's point representation).
 
 FairDiff generates fundus masks as point clouds (seed 003 §2.2, Eq. 3–4): the outline pixels of
-the disc get ``z = −z0`` and those of the cup ``z = +z0``; the public reference code uses ``z0 = 5`` and 512 points by farthest-point sampling. A generated cloud becomes a mask
-again by drawing each outline's points, closing the gaps between them (dilate, then erode) and
-filling the closed contour, the cup kept inside the disc.
+the disc get ``z = −z0`` and those of the cup ``z = +z0``; the public reference code uses
+``z0 = 5`` and 512 points by farthest-point sampling. A generated cloud becomes a mask again by
+filling each outline's polygon (points in angular order; the reference draws and closes them,
+see :func:`_fill`), the cup kept inside the disc.
 
 Masks here are class maps ``(H, W)``: 0 background, 1 rim, 2 cup (the FairSeg classes after
 decoding, :data:`~.kinds.FAIRSEG_MASK_CODES`); the disc is rim ∪ cup. Points are ``(N, 3)``
@@ -17,6 +18,8 @@ from scipy import ndimage
 
 #: seed 003's reference values: the outline's z mark and the points per mask
 Z0, N_POINTS = 5.0, 512
+#: bounds on a cloud and a mask (a generator file, perhaps a hostile one, sets both)
+MAX_POINTS, MAX_SIDE = 65_536, 4096
 RIM, CUP = 1, 2
 
 
@@ -59,7 +62,13 @@ def mask_to_points(label: np.ndarray, *, n_points: int = N_POINTS, z0: float = Z
     ValueError
         A label that is not 2D, holds values other than 0, 1, 2, or has no disc.
     """
+    if isinstance(n_points, bool) or not isinstance(n_points, (int, np.integer)) or not 1 <= n_points <= MAX_POINTS:
+        raise ValueError(f"n_points must be a whole number 1 … {MAX_POINTS}, got {n_points!r}")
+    if not 0 < z0 < float("inf"):
+        raise ValueError(f"z0 must be a finite number > 0 (disc at -z0, cup at +z0), got {z0!r}")
     label = np.asarray(label)
+    if label.dtype.kind not in "iub":
+        raise ValueError(f"a mask holds whole class values, got dtype {label.dtype}")
     if label.ndim != 2:
         raise ValueError(f"a fundus mask is 2D (H, W), got shape {label.shape}")
     bad = set(np.unique(label).tolist()) - {0, RIM, CUP}
@@ -77,33 +86,46 @@ def mask_to_points(label: np.ndarray, *, n_points: int = N_POINTS, z0: float = Z
 
 
 def _fill(xy: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """The region one outline's points ``(K, 2)`` (x, y) enclose: drawn, closed, filled."""
+    """The region one outline's points ``(K, 2)`` (x, y) enclose.
+
+    The points are joined in the order of their angle around their centroid and the polygon is
+    filled (outlines of the disc and the cup are star-shaped about their centre). The reference
+    code draws the points and closes the gaps with a morphological closing instead, which only
+    fills when neighbouring points nearly touch: with 512 points on a large disc, or a sparse
+    generated cloud, it returned scattered dots.
+    """
+    from skimage.draw import polygon
+
     canvas = np.zeros(shape, bool)
     if not len(xy):
         return canvas
-    cols = np.clip(np.rint(xy[:, 0]).astype(int), 0, shape[1] - 1)
-    rows = np.clip(np.rint(xy[:, 1]).astype(int), 0, shape[0] - 1)
-    canvas[rows, cols] = True
-    pts = np.column_stack([rows, cols]).astype(float)
-    if len(pts) > 1:  # the closing must bridge the widest gap between neighbouring points
-        d = np.linalg.norm(pts[:, None] - pts[None], axis=-1)
-        np.fill_diagonal(d, np.inf)
-        radius = int(np.ceil(np.max(np.min(d, axis=1)) / 2)) + 1
-    else:
-        radius = 1
-    yy, xx = np.mgrid[-radius:radius + 1, -radius:radius + 1]
-    disk = xx ** 2 + yy ** 2 <= radius ** 2  # the elliptic (here circular) kernel
-    pad = radius + 1
-    closed = ndimage.binary_erosion(ndimage.binary_dilation(np.pad(canvas, pad), disk), disk)[pad:-pad, pad:-pad]
-    return ndimage.binary_fill_holes(closed | canvas)
+    cols = np.clip(xy[:, 0], 0, shape[1] - 1)
+    rows = np.clip(xy[:, 1], 0, shape[0] - 1)
+    canvas[np.rint(rows).astype(int), np.rint(cols).astype(int)] = True
+    if len(xy) >= 3:
+        order = np.argsort(np.arctan2(rows - rows.mean(), cols - cols.mean()))
+        rr, cc = polygon(rows[order], cols[order], shape=shape)
+        canvas[rr, cc] = True
+    return canvas
+
+
+def check_shape(shape) -> tuple[int, int]:
+    """``(H, W)`` as two whole numbers 1 … :data:`MAX_SIDE`, or a ValueError."""
+    ok = (isinstance(shape, (tuple, list)) and len(shape) == 2
+          and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 1 <= v <= MAX_SIDE for v in shape))
+    if not ok:
+        raise ValueError(f"a mask shape is two sizes 1 … {MAX_SIDE} pixels (H, W), got {shape!r}")
+    return int(shape[0]), int(shape[1])
 
 
 def points_to_mask(points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """A class map ``shape`` from a cloud ``(N, 3)``: ``z < 0`` outline the disc, ``z > 0`` the
-    cup; the cup is kept inside the disc (0 background, 1 rim, 2 cup)."""
+    cup; the cup is kept inside the disc (0 background, 1 rim, 2 cup). Points off the image are
+    moved onto its border; a cloud with no disc point gives an empty map."""
     points = np.asarray(points, float)
     if points.ndim != 2 or points.shape[1] != 3 or not np.isfinite(points).all():
         raise ValueError(f"points must be a finite (N, 3) array, got shape {points.shape}")
+    shape = check_shape(shape)
     disc = _fill(points[points[:, 2] < 0, :2], shape)
     cup = _fill(points[points[:, 2] > 0, :2], shape) & disc
     out = np.zeros(shape, np.int16)

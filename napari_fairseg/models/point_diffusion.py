@@ -34,6 +34,8 @@ def scheduler(steps: int = STEPS):
 
 def normalise(points: np.ndarray, shape: tuple[int, int], z0: float) -> np.ndarray:
     """``(N, 3)`` pixel clouds → x, y in [−1, 1] over the image, z in {−1, +1}."""
+    if not 0 < z0 < float("inf"):
+        raise ValueError(f"z0 must be a finite number > 0, got {z0!r}")
     h, w = shape
     out = np.asarray(points, np.float32).copy()
     out[..., 0] = out[..., 0] / max(w - 1, 1) * 2 - 1
@@ -64,7 +66,7 @@ class PointDenoiser(nn.Module):
 
     def __init__(self, n_groups: int, width: int = 128):
         super().__init__()
-        if n_groups < 1 or width < 4:
+        if isinstance(n_groups, bool) or not isinstance(n_groups, int) or n_groups < 1 or width < 4:
             raise ValueError(f"need n_groups >= 1 and width >= 4, got {n_groups}, {width}")
         self.width = width
         self.group = nn.Embedding(n_groups, width)
@@ -94,6 +96,8 @@ def diffusion_loss(model: PointDenoiser, sched, clouds: torch.Tensor, groups: to
 def sample(model: PointDenoiser, sched, group: int, *, n: int, n_points: int,
            generator: torch.Generator | None = None) -> torch.Tensor:
     """``n`` clouds ``(n, n_points, 3)`` of ``group`` by the scheduler's reverse process."""
+    if not 0 <= int(group) < model.group.num_embeddings:
+        raise ValueError(f"group index {group} is not one of the model's {model.group.num_embeddings} groups")
     was_training = model.training
     model.eval()
     x = torch.randn((n, n_points, 3), generator=generator)

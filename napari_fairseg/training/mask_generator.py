@@ -24,7 +24,7 @@ from ..data.arrays import load_case
 from ..data.atomic import write_bytes_atomic
 from ..data.attributes import bin_continuous
 from ..data.manifest import Cohort
-from ..data.points import N_POINTS, Z0, mask_to_points, points_to_mask
+from ..data.points import MAX_POINTS, N_POINTS, Z0, check_shape, mask_to_points, points_to_mask
 from ..errors import InputDataError
 from ..models.point_diffusion import (
     PointDenoiser,
@@ -66,10 +66,12 @@ class MaskGeneratorConfig:
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "width", "n_points", "min_cases"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.lr > 0:
+        for name, top in (("steps", 10**8), ("batch_size", 4096), ("width", 1024), ("n_points", MAX_POINTS),
+                          ("min_cases", 10**6)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
+                raise ValueError(f"{name} must be a whole number 1 … {top}, got {value!r}")
+        if not 0 < self.lr < float("inf"):
             raise ValueError(f"lr must be > 0, got {self.lr}")
 
 
@@ -147,20 +149,54 @@ def mask_generator_job(cohort: Cohort, attribute: str, config: MaskGeneratorConf
     return {"model": model, "groups": names, "shape": tuple(shape), "losses": losses, "path": path, "meta": meta}
 
 
+def _check_meta(meta) -> dict:
+    """The meta of a generator file, checked before it sizes anything (a file may be hostile)."""
+    if not isinstance(meta, dict):
+        raise ValueError(f"meta must be a mapping, got {type(meta).__name__}")
+    groups = meta.get("groups")
+    if (not isinstance(groups, list) or len(groups) < 2 or not all(isinstance(g, str) for g in groups)
+            or len(set(groups)) != len(groups)):
+        raise ValueError(f"groups must be a list of two or more distinct names, got {groups!r}")
+    meta["shape"] = list(check_shape(tuple(meta.get("shape") or ())))
+    z0 = meta.get("z0")
+    if isinstance(z0, bool) or not isinstance(z0, (int, float)) or not 0 < z0 < float("inf"):
+        raise ValueError(f"z0 must be a finite number > 0, got {z0!r}")
+    MaskGeneratorConfig(**meta.get("config", {}))
+    return meta
+
+
 def load_mask_generator(path: str | Path) -> tuple[PointDenoiser, dict]:
-    """A mask generator file → ``(model, meta)``, weights only (no pickled objects)."""
+    """A mask generator file → ``(model, meta)``, weights only (no pickled objects are run).
+
+    Raises
+    ------
+    InputDataError
+        One line naming the file: unreadable, foreign, holding code, or with invalid metadata
+        or weights.
+    """
+    import pickle
+
     path = Path(path)
+    if not path.is_file():
+        raise InputDataError(path, "mask generator file not found")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-        meta = json.loads(payload["meta"])
-        config = MaskGeneratorConfig(**meta["config"])
-        if payload.get("format") != FORMAT:
+    except pickle.UnpicklingError as exc:
+        if "unsupported global" not in str(exc).lower():  # junk bytes, not a pickled object
+            raise InputDataError(path, "not a readable mask generator (not a PyTorch file)") from None
+        raise InputDataError(path, "refused to load: the file holds Python objects other than weights and "
+                             "metadata (weights-only loading)") from None
+    except Exception as exc:  # corrupt or foreign
+        raise InputDataError(path, f"not a readable mask generator ({type(exc).__name__})") from None
+    try:
+        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
             raise ValueError("no mask-generator format marker")
-        model = PointDenoiser(len(meta["groups"]), config.width)
+        meta = _check_meta(json.loads(payload["meta"]))
+        model = PointDenoiser(len(meta["groups"]), MaskGeneratorConfig(**meta["config"]).width)
         model.load_state_dict(payload["state_dict"])
-    except Exception as exc:  # corrupt, foreign, hostile: one line naming the file
-        raise InputDataError(path, f"not a readable mask generator ({type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0][:200] if str(exc) else 'truncated'})") from None
+    except Exception as exc:  # invalid metadata or weights: the reason on one line
+        text = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise InputDataError(path, f"not a usable mask generator: {text}") from None
     return model.eval(), meta
 
 
@@ -168,6 +204,10 @@ def sample_masks(model: PointDenoiser, meta: dict, group: str, n: int, *, seed: 
     """``n`` class maps ``(n, H, W)`` (0, 1 rim, 2 cup) of ``group``, seeded."""
     if group not in meta["groups"]:
         raise InputDataError(None, f"group {group!r} is not one the generator learned ({meta['groups']})")
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 100_000:
+        raise ValueError(f"n (masks to draw) must be a whole number 1 … 100000, got {n!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be a whole number 0 … 2**63 - 1, got {seed!r}")
     shape = tuple(meta["shape"])
     clouds = sample(model, scheduler(), meta["groups"].index(group), n=n,
                     n_points=int(meta["config"]["n_points"]), generator=torch.Generator().manual_seed(seed))
