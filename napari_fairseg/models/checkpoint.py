@@ -108,6 +108,27 @@ def _json_default(obj):
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+def weights_only_load(path: Path, what: str):
+    """``torch.load`` of tensors and plain containers only; anything else is one clear line.
+
+    A file holding other Python objects (code, perhaps) is refused without running them; a file
+    that is not PyTorch's is "not readable". PyTorch's own message is not passed on: it advises
+    loading again with ``weights_only=False``, which is what must not be done with such a file.
+    """
+    if not path.is_file():
+        raise InputDataError(path, f"{what} file not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "unsupported global" in str(exc).lower():
+            raise InputDataError(path, "refused to load: the file holds Python objects other than weights "
+                                 "and metadata (weights-only loading)") from None
+        raise InputDataError(path, f"not a readable {what} (not a PyTorch file)") from None
+    except Exception as exc:  # torch raises RuntimeError/EOFError/zip errors for corrupt files
+        first = str(exc).splitlines()[0][:200] if str(exc) else "truncated"
+        raise InputDataError(path, f"not a readable {what} ({type(exc).__name__}: {first})") from None
+
+
 def load_checkpoint(path: str | Path, *, with_train_state: bool = False) -> Checkpoint:
     """Read a checkpoint without unpickling arbitrary objects.
 
@@ -117,16 +138,7 @@ def load_checkpoint(path: str | Path, *, with_train_state: bool = False) -> Chec
         Missing, corrupt or foreign file, or one that holds anything but weights and metadata.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputDataError(path, "checkpoint file not found")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise InputDataError(path, "refused to load: the file holds Python objects other than weights "
-                             f"and metadata (weights-only loading): {str(exc).splitlines()[0][:200]}") from exc
-    except Exception as exc:  # torch raises RuntimeError/EOFError/zip errors for corrupt files
-        raise InputDataError(path, f"not a readable checkpoint ({type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0][:200] if str(exc) else 'truncated'})") from exc
+    payload = weights_only_load(path, "checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise InputDataError(path, "not a napari-fairseg checkpoint (no 'format' marker); "
                              "train one with `fairseg train`")

@@ -26,6 +26,7 @@ from ..data.attributes import bin_continuous
 from ..data.manifest import Cohort
 from ..data.points import MAX_POINTS, N_POINTS, Z0, check_shape, mask_to_points, points_to_mask
 from ..errors import InputDataError
+from ..models.checkpoint import weights_only_load
 from ..models.point_diffusion import (
     PointDenoiser,
     denormalise,
@@ -174,20 +175,8 @@ def load_mask_generator(path: str | Path) -> tuple[PointDenoiser, dict]:
         One line naming the file: unreadable, foreign, holding code, or with invalid metadata
         or weights.
     """
-    import pickle
-
     path = Path(path)
-    if not path.is_file():
-        raise InputDataError(path, "mask generator file not found")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "unsupported global" not in str(exc).lower():  # junk bytes, not a pickled object
-            raise InputDataError(path, "not a readable mask generator (not a PyTorch file)") from None
-        raise InputDataError(path, "refused to load: the file holds Python objects other than weights and "
-                             "metadata (weights-only loading)") from None
-    except Exception as exc:  # corrupt or foreign
-        raise InputDataError(path, f"not a readable mask generator ({type(exc).__name__})") from None
+    payload = weights_only_load(path, "mask generator")
     try:
         if not isinstance(payload, dict) or payload.get("format") != FORMAT:
             raise ValueError("no mask-generator format marker")
