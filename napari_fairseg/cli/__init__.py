@@ -150,13 +150,11 @@ def _train_config(args, **fixed):
     """The :class:`TrainConfig` of ``train`` / ``adapt`` options (those a subcommand lacks keep defaults)."""
     from ..training import TrainConfig
 
-    names = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "loss": "loss", "fairness": "fairness",
-             "group_attribute": "group_attribute", "alpha": "alpha", "min_support": "min_support",
-             "dro_eta": "dro_eta", "equal_scale_target": "equal_scale_target",
-             "pseudo_label_split": "pseudo_label_split", "pseudo_weight": "pseudo_weight", "chi": "chi",
-             "val_fraction": "val_fraction", "seed": "seed", "device": "device", "workers": "workers",
-             "spacing": "spacing", "fg_crop_prob": "fg_prob", "tau": "tau"}
-    kw = {field: getattr(args, opt) for field, opt in names.items() if hasattr(args, opt)}
+    fields = ("epochs", "batch_size", "lr", "loss", "fairness", "group_attribute", "alpha", "min_support", "dro_eta",
+              "equal_scale_target", "pseudo_label_split", "pseudo_weight", "chi", "val_fraction", "seed", "device",
+              "workers", "spacing", "fg_crop_prob", "tau")
+    option = {"fg_crop_prob": "fg_prob"}  # the config field → its option's name where they differ
+    kw = {f: getattr(args, option.get(f, f)) for f in fields if hasattr(args, option.get(f, f))}
     if getattr(args, "attributes", None) is not None:
         kw["attributes"] = parse_names(args.attributes)
     kw["amp"] = not args.no_amp

@@ -242,9 +242,9 @@ class UUDSNet(nn.Module):
         content, domain = self.encoder(x)
         return x + self.decoder(self.adapt(content, domain)), content, domain.flatten(2).mean(-1)
 
-    def _segment(self, translated: torch.Tensor, content: torch.Tensor, original: torch.Tensor
-                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        logits = self.segmenter(original if translated is None else translated)
+    def _segment(self, image: torch.Tensor, content: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Segmenter logits of ``image`` plus the prompt head's on ``content``, and ``z``."""
+        logits = self.segmenter(image)
         if self.prompt is None:
             return logits, None
         z, extra = self.prompt(content, logits.shape[2:])
@@ -262,7 +262,7 @@ class UUDSNet(nn.Module):
         """
         if target is None:
             translated, content, _ = self.translate(x)
-            return self._segment(translated, content, x)[0]
+            return self._segment(translated, content)[0]
         reconstruction, c_s, g_s = self.translate(x)
         translated, c_t, g_t = self.translate(target)
         # Eq. 2 trains the translator only: the encoder judges x^{t→s} with its weights held
@@ -270,8 +270,8 @@ class UUDSNet(nn.Module):
         # could agree on features that call any translation "source" without changing the image
         frozen = {k: v.detach() for k, v in self.encoder.named_parameters()}
         _, d_ts = torch.func.functional_call(self.encoder, frozen, (translated,))
-        source_logits, z = self._segment(None, c_s, x)
-        target_logits, _ = self._segment(translated, c_t, target)
+        source_logits, z = self._segment(x, c_s)
+        target_logits, _ = self._segment(translated, c_t)
         return {"source_logits": source_logits, "target_logits": target_logits, "z": z,
                 "reconstruction": reconstruction, "translated": translated, "g_source": g_s, "g_target": g_t,
                 "g_translated": d_ts.flatten(2).mean(-1), "prompt": self.adapt.prompt}
