@@ -31,6 +31,12 @@ from .kinds import KIND, NIFTI, kind_of
 RESERVED_COLUMNS = ("case_id", "image", "label", "split")
 #: Identifier columns kept in the manifest but never audited as attributes.
 ID_COLUMNS = ("pid", "patient_id")
+#: The provenance column: ``True`` for a generated case (``fairseg synthesize``), else real.
+#: Kept in the manifest, read as a boolean, never audited as an attribute.
+SYNTHETIC_COLUMN = "synthetic"
+#: Columns that are neither files nor attributes.
+NOT_ATTRIBUTES = (*RESERVED_COLUMNS, *ID_COLUMNS, SYNTHETIC_COLUMN)
+_TRUE, _FALSE = {"true", "1", "yes", "1.0"}, {"false", "0", "no", "0.0", ""}
 #: The built-in cohort kinds (:data:`.kinds.KIND` describes each).
 KINDS = tuple(KIND)
 SPLITS = ("train", "val", "test", "pool")
@@ -83,8 +89,15 @@ class Cohort:
 
     @property
     def attributes(self) -> list[str]:
-        """Attribute columns: every column that is neither reserved nor an identifier."""
-        return [c for c in self.cases.columns if c not in RESERVED_COLUMNS and c not in ID_COLUMNS]
+        """Attribute columns: every column that is neither reserved, an identifier nor provenance."""
+        return [c for c in self.cases.columns if c not in NOT_ATTRIBUTES]
+
+    @property
+    def synthetic_ids(self) -> list[str]:
+        """Ids of the generated cases (``synthetic`` column true); ``[]`` for a real cohort."""
+        if SYNTHETIC_COLUMN not in self.cases.columns:
+            return []
+        return self.cases.loc[self.cases[SYNTHETIC_COLUMN], "case_id"].tolist()
 
     @property
     def case_ids(self) -> list[str]:
@@ -206,10 +219,23 @@ def validate_cases(cases: pd.DataFrame, *, source=None) -> pd.DataFrame:
         raise InputDataError(source, f"unknown split value(s) {sorted(bad.unique())[:5]} "
                              f"(expected one of {SPLITS}) for case(s) {df.loc[bad.index, 'case_id'].tolist()[:5]}")
     df["split"] = split
+    if SYNTHETIC_COLUMN in df.columns:
+        df[SYNTHETIC_COLUMN] = _flags(df, source)
     df["label"] = df["label"].astype("string").replace({"": pd.NA})
     df["image"] = df["image"].astype("string")
     cols = [*RESERVED_COLUMNS, *[c for c in df.columns if c not in RESERVED_COLUMNS]]
     return df[cols]
+
+
+def _flags(df: pd.DataFrame, source) -> pd.Series:
+    """The ``synthetic`` column as booleans (true/false, 1/0, yes/no; empty is real)."""
+    text = df[SYNTHETIC_COLUMN].astype("string").fillna("").str.strip().str.lower()
+    bad = ~text.isin(_TRUE | _FALSE)
+    if bad.any():
+        raise InputDataError(source, f"column {SYNTHETIC_COLUMN!r} must be true or false, got "
+                             f"{sorted(set(df.loc[bad, SYNTHETIC_COLUMN].astype(str)))[:5]} for case(s) "
+                             f"{df.loc[bad, 'case_id'].tolist()[:5]}")
+    return text.isin(_TRUE).astype(bool)
 
 
 def sidecar_path(manifest_csv: str | Path) -> Path:

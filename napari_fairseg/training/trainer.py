@@ -257,12 +257,14 @@ def split_train_val(cohort: Cohort, group_attribute: str | None, *, val_fraction
         raise InputDataError(cohort.source, "no training cases (split 'train' is empty)")
     if val_ids is None:
         val_ids = []
-        if val_fraction > 0 and len(train_ids) >= 4:
+        synthetic = set(cohort.synthetic_ids)  # generated cases are never validated on
+        real = [c for c in train_ids if c not in synthetic]
+        if val_fraction > 0 and len(real) >= 4:
             rng = np.random.default_rng([seed, 7919])
-            groups = (cohort.cases.set_index("case_id").loc[train_ids, group_attribute].astype("string")
-                      .fillna("unknown").to_numpy() if group_attribute else np.array(["all"] * len(train_ids)))
+            groups = (cohort.cases.set_index("case_id").loc[real, group_attribute].astype("string")
+                      .fillna("unknown").to_numpy() if group_attribute else np.array(["all"] * len(real)))
             for g in sorted(set(groups)):
-                members = [c for c, gg in zip(train_ids, groups, strict=True) if gg == g]
+                members = [c for c, gg in zip(real, groups, strict=True) if gg == g]
                 if len(members) > 1:  # at least one validation case per group that can spare one
                     k = min(len(members) - 1, max(1, int(round(val_fraction * len(members)))))
                     val_ids += list(rng.choice(members, k, replace=False))
@@ -392,6 +394,25 @@ def _resume_state(resume, config: TrainConfig) -> tuple[Checkpoint, dict, int, l
     return ckpt, ckpt.train_state, int(ckpt.train_state["epoch"]), json.loads(ckpt.meta.get("log", "[]"))
 
 
+def objective_for(cohort: Cohort, config: TrainConfig, *, train_ids: Sequence[str] | None = None,
+                  val_ids: Sequence[str] | None = None, discrete: pd.DataFrame | None = None
+                  ) -> tuple[Objective, list[str], list[str]]:
+    """The fairness objective of a run on ``cohort``, with its training and validation case ids
+    (``discrete``: the cohort's :func:`discrete_attributes`, when the caller has them)."""
+    group_attribute = config.group_attribute or default_group_attribute(cohort)
+    if group_attribute is not None and group_attribute not in cohort.attributes:
+        raise InputDataError(cohort.source, f"group attribute {group_attribute!r} is not an attribute of the "
+                             f"cohort (it has {cohort.attributes})")
+    tr_ids, va_ids = split_train_val(cohort, group_attribute, val_fraction=config.val_fraction, seed=config.seed,
+                                     train_ids=train_ids, val_ids=val_ids)
+    objective = make_objective(
+        config.fairness, (discrete_attributes(cohort) if discrete is None else discrete).loc[tr_ids].reset_index(),
+        group_attribute,
+        attributes=config.attributes or tuple(cohort.attributes), alpha=config.alpha, min_support=config.min_support,
+        eta=config.dro_eta, n_target=config.equal_scale_target, synthetic=cohort.synthetic_ids)
+    return objective, tr_ids, va_ids
+
+
 def _set_up(cohort: Cohort, model_config: ModelConfig | None, config: TrainConfig, dist: Distributed, *,
             out, log_path, train_ids, val_ids, init, resume) -> _Run:
     """Settle the run before any case is read: the model settings and pipeline (from the
@@ -406,20 +427,12 @@ def _set_up(cohort: Cohort, model_config: ModelConfig | None, config: TrainConfi
         model_config = init.config
     if model_config is None:
         model_config = model_config_for(cohort)
-    group_attribute = config.group_attribute or default_group_attribute(cohort)
-    if group_attribute is not None and group_attribute not in cohort.attributes:
-        raise InputDataError(cohort.source, f"group attribute {group_attribute!r} is not an attribute of the "
-                             f"cohort (it has {cohort.attributes})")
-    tr_ids, va_ids = split_train_val(cohort, group_attribute, val_fraction=config.val_fraction, seed=config.seed,
-                                     train_ids=train_ids, val_ids=val_ids)
     loss = config.resolved_loss(model_config.head)
     if loss == "bce" and model_config.head != "sigmoid":
         raise ValueError("loss 'bce' needs a sigmoid head; use 'dicece'")
     discrete = discrete_attributes(cohort)
-    objective = make_objective(
-        config.fairness, discrete.loc[tr_ids].reset_index(), group_attribute,
-        attributes=config.attributes or tuple(cohort.attributes), alpha=config.alpha, min_support=config.min_support,
-        eta=config.dro_eta, n_target=config.equal_scale_target)
+    objective, tr_ids, va_ids = objective_for(cohort, config, train_ids=train_ids, val_ids=val_ids, discrete=discrete)
+    group_attribute = objective.group_attribute
     objective.reduce = dist.all_reduce_sum  # GroupDRO's batch statistics over all ranks
     target_ids = []
     if config.pseudo_label_split:
