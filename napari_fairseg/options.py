@@ -104,3 +104,8 @@ AUDIT = MappingProxyType({
     "hd_mode": "mm", "empty_score": 1.0, "min_support": 0.05, "max_length": 3, "min_group_size": 10,
     "n_boot": 1000, "std_ddof": 1, "seed": 0, "heatmap_attributes": 3,
 })
+
+#: ``MaskGeneratorConfig`` and ``ImageGeneratorConfig`` (``fairseg synthesize``, seed 003)
+MASK_GENERATOR = MappingProxyType({"steps": 2000, "batch_size": 16, "lr": 1e-3, "width": 128, "min_cases": 5})
+IMAGE_GENERATOR = MappingProxyType({"size": 64, "width": 16, "steps": 2000, "batch_size": 8, "lr": 5e-4,
+                                    "min_cases": 5})

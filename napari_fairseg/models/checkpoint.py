@@ -129,6 +129,39 @@ def weights_only_load(path: Path, what: str):
         raise InputDataError(path, f"not a readable {what} ({type(exc).__name__}: {first})") from None
 
 
+def save_generator(out: str | Path, fmt: str, meta: dict, model: nn.Module) -> Path:
+    """Write a generator (``fmt`` marker, JSON ``meta``, CPU weights) atomically to ``out``."""
+    buf = io.BytesIO()
+    torch.save({"format": fmt, "meta": json.dumps(meta),
+                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}, buf)
+    return write_bytes_atomic(out, buf.getvalue())
+
+
+def load_generator(path: str | Path, fmt: str, what: str, build) -> tuple[nn.Module, dict]:
+    """A file of :func:`save_generator` → ``(model in eval mode, meta)``, weights only.
+
+    ``build(meta)`` checks the decoded meta (raising on anything invalid: the file may be
+    hostile, so it is checked before it sizes anything) and returns the empty model.
+
+    Raises
+    ------
+    InputDataError
+        One line naming the file: unreadable, foreign, holding code, or with invalid metadata or weights.
+    """
+    path = Path(path)
+    payload = weights_only_load(path, what)
+    try:
+        if not isinstance(payload, dict) or payload.get("format") != fmt:
+            raise ValueError(f"no {what} format marker")
+        meta = json.loads(payload["meta"])
+        model = build(meta)
+        model.load_state_dict(payload["state_dict"])
+    except Exception as exc:  # invalid metadata or weights: the reason on one line
+        text = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise InputDataError(path, f"not a usable {what}: {text}") from None
+    return model.eval(), meta
+
+
 def load_checkpoint(path: str | Path, *, with_train_state: bool = False) -> Checkpoint:
     """Read a checkpoint without unpickling arbitrary objects.
 

@@ -12,8 +12,6 @@ group with fewer than ``min_cases`` labelled masks.
 
 from __future__ import annotations
 
-import io
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,12 +19,11 @@ import numpy as np
 import torch
 
 from ..data.arrays import load_case
-from ..data.atomic import write_bytes_atomic
 from ..data.attributes import bin_continuous
 from ..data.manifest import Cohort
 from ..data.points import MAX_POINTS, N_POINTS, Z0, check_shape, mask_to_points, points_to_mask
 from ..errors import InputDataError
-from ..models.checkpoint import weights_only_load
+from ..models.checkpoint import load_generator, save_generator
 from ..models.point_diffusion import (
     PointDenoiser,
     denormalise,
@@ -35,6 +32,7 @@ from ..models.point_diffusion import (
     sample,
     scheduler,
 )
+from ..options import MASK_GENERATOR
 from ..progress import Job, Progress
 
 FORMAT = "napari-fairseg-mask-generator"
@@ -58,12 +56,12 @@ class MaskGeneratorConfig:
     seed : int
     """
 
-    steps: int = 2000
-    batch_size: int = 16
-    lr: float = 1e-3
-    width: int = 128
+    steps: int = MASK_GENERATOR["steps"]
+    batch_size: int = MASK_GENERATOR["batch_size"]
+    lr: float = MASK_GENERATOR["lr"]
+    width: int = MASK_GENERATOR["width"]
     n_points: int = N_POINTS
-    min_cases: int = 5
+    min_cases: int = MASK_GENERATOR["min_cases"]
     seed: int = 0
 
     def __post_init__(self):
@@ -76,7 +74,7 @@ class MaskGeneratorConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
 
 
-def _groups(cohort: Cohort, attribute: str, min_cases: int) -> tuple[list[str], list[str], list[str]]:
+def generator_groups(cohort: Cohort, attribute: str, min_cases: int) -> tuple[list[str], list[str], list[str]]:
     """Labelled case ids, their groups, and the group names (sorted), after the checks."""
     if load_case(cohort, cohort.case_ids[0]).image.ndim != 3:  # (C, H, W): 2D
         raise InputDataError(cohort.source, "this is a cohort of 3D volumes: the mask generator models 2D fundus "
@@ -107,7 +105,7 @@ def mask_generator_job(cohort: Cohort, attribute: str, config: MaskGeneratorConf
     (the masks' ``(H, W)``), ``losses`` (per step) and ``path`` (``out``, written atomically).
     """
     config = config or MaskGeneratorConfig()
-    ids, groups, names = _groups(cohort, attribute, config.min_cases)
+    ids, groups, names = generator_groups(cohort, attribute, config.min_cases)
     rng = np.random.default_rng([config.seed, 3])
     clouds, shape = [], None
     for i, cid in enumerate(ids):
@@ -141,29 +139,36 @@ def mask_generator_job(cohort: Cohort, attribute: str, config: MaskGeneratorConf
     model.eval()
     meta = {"attribute": attribute, "groups": names, "shape": list(shape), "z0": Z0, "cohort": cohort.name,
             "config": asdict(config), "n_cases": {g: groups.count(g) for g in names}}
-    path = None
-    if out is not None:
-        buf = io.BytesIO()
-        torch.save({"format": FORMAT, "meta": json.dumps(meta),
-                    "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}, buf)
-        path = write_bytes_atomic(out, buf.getvalue())
+    path = None if out is None else save_generator(out, FORMAT, meta, model)
     return {"model": model, "groups": names, "shape": tuple(shape), "losses": losses, "path": path, "meta": meta}
 
 
-def _check_meta(meta) -> dict:
-    """The meta of a generator file, checked before it sizes anything (a file may be hostile)."""
+def check_generator_meta(meta) -> dict:
+    """The parts every generator file's meta shares (a mapping, two or more distinct group
+    names, an image shape), checked before they size anything: a file may be hostile."""
     if not isinstance(meta, dict):
         raise ValueError(f"meta must be a mapping, got {type(meta).__name__}")
     groups = meta.get("groups")
-    if (not isinstance(groups, list) or len(groups) < 2 or not all(isinstance(g, str) for g in groups)
+    if (not isinstance(groups, list) or not 2 <= len(groups) <= 10_000 or not all(isinstance(g, str) for g in groups)
             or len(set(groups)) != len(groups)):
         raise ValueError(f"groups must be a list of two or more distinct names, got {groups!r}")
     meta["shape"] = list(check_shape(tuple(meta.get("shape") or ())))
+    return meta
+
+
+def _check_meta(meta) -> dict:
+    """The meta of a mask generator file (see :func:`check_generator_meta`), and its ``z0``, config."""
+    meta = check_generator_meta(meta)
     z0 = meta.get("z0")
     if isinstance(z0, bool) or not isinstance(z0, (int, float)) or not 0 < z0 < float("inf"):
         raise ValueError(f"z0 must be a finite number > 0, got {z0!r}")
     MaskGeneratorConfig(**meta.get("config", {}))
     return meta
+
+
+def _build(meta) -> PointDenoiser:
+    meta = _check_meta(meta)
+    return PointDenoiser(len(meta["groups"]), MaskGeneratorConfig(**meta["config"]).width)
 
 
 def load_mask_generator(path: str | Path) -> tuple[PointDenoiser, dict]:
@@ -175,18 +180,7 @@ def load_mask_generator(path: str | Path) -> tuple[PointDenoiser, dict]:
         One line naming the file: unreadable, foreign, holding code, or with invalid metadata
         or weights.
     """
-    path = Path(path)
-    payload = weights_only_load(path, "mask generator")
-    try:
-        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-            raise ValueError("no mask-generator format marker")
-        meta = _check_meta(json.loads(payload["meta"]))
-        model = PointDenoiser(len(meta["groups"]), MaskGeneratorConfig(**meta["config"]).width)
-        model.load_state_dict(payload["state_dict"])
-    except Exception as exc:  # invalid metadata or weights: the reason on one line
-        text = " ".join(str(exc).split())[:300] or type(exc).__name__
-        raise InputDataError(path, f"not a usable mask generator: {text}") from None
-    return model.eval(), meta
+    return load_generator(path, FORMAT, "mask generator", _build)
 
 
 def sample_masks(model: PointDenoiser, meta: dict, group: str, n: int, *, seed: int = 0) -> np.ndarray:
