@@ -24,7 +24,9 @@ from ..options import (
     BRAIN_MODALITIES,
     EMPTY_RULES,
     HD_MODES,
+    IMAGE_GENERATOR,
     INFERENCE,
+    MASK_GENERATOR,
     MODEL,
     NETWORKS,
     OBJECTIVES,
@@ -111,10 +113,16 @@ def _cmd_train(args) -> int:
     if (status := _torchrun(args)) is not None:
         return status
     cohort = open_cohort(args.cohort, metadata=args.metadata, classes=parse_classes(args.classes))
+    if args.synthetic:
+        from ..training.synthesize import with_synthetic
+
+        cohort = with_synthetic(cohort, args.synthetic)
     out = Path(args.out)
     for path in (out, out.with_name(out.stem + ".log.csv")):
         refuse_overwriting_inputs(path, cohort, also=[p for p in (args.metadata, _model_file(args.init)) if p])
     config = _train_config(args)
+    if args.synthetic:
+        _report_plan(cohort, config)
     model_config = None
     if not (args.resume or args.init):
         overrides = {"dropout": args.dropout}
@@ -130,6 +138,31 @@ def _cmd_train(args) -> int:
         return 0
     _report_training(result, config, args.out)
     return 0
+
+
+def _report_plan(cohort, config) -> None:
+    """Print how the synthetic cases enter training (equal scale: one epoch's cases per group)."""
+    n = len(cohort.synthetic_ids)
+    if config.fairness != "equal-scale":
+        print(f"{n} synthetic cases join the training cases (use --fairness equal-scale to fill small groups "
+              "with them instead)")
+        return
+    import numpy as np
+    import pandas as pd
+
+    from ..training import trainer
+
+    objective, _, _ = trainer.objective_for(cohort, config)
+    counts = objective.plan_counts(np.random.default_rng(0))
+    made = pd.Series(objective.groups[objective.synthetic]).value_counts()
+    print(f"equal scale: {objective.n_target} cases per group per epoch (real + synthetic + repeats of real ones)")
+    for group, row in counts.iterrows():
+        print(f"  {group}: {row['real']} real, {row['synthetic']} synthetic ({made.get(group, 0)} generated cases), "
+              f"{row['repeat']} repeats")
+    short = [g for g, row in counts.iterrows() if row["synthetic"] > made.get(g, 0)]
+    if short:
+        print(f"note: too few synthetic cases for {', '.join(map(str, short))}: each is drawn more than once per "
+              "epoch; fairseg synthesize --per-group more to fill the groups with distinct cases")
 
 
 def _model_file(ref: str | None) -> Path | None:
@@ -272,6 +305,35 @@ def _make_sample(kind, out, *, cases, seed, bias, quiet, shape=None, spacing=Non
     return run_with_bar(fundus_cohort_job(out, **kwargs), quiet)
 
 
+def _cmd_synthesize(args) -> int:
+    import numpy as np
+
+    from ..data.arrays import load_case
+    from ..data.points import cup_inside_disc, cup_to_disc_ratio
+    from ..data.readers import open_cohort
+    from ..training.image_generator import ImageGeneratorConfig
+    from ..training.mask_generator import MaskGeneratorConfig
+    from ..training.synthesize import synthesize_job
+
+    cohort = open_cohort(args.cohort, metadata=args.metadata)
+    masks = MaskGeneratorConfig(steps=args.mask_steps)
+    images = ImageGeneratorConfig(steps=args.image_steps, size=args.size, width=args.width)
+    synthetic = run_with_bar(synthesize_job(cohort, args.attribute, args.per_group, args.out, masks=masks,
+                                            images=images, seed=args.seed), args.quiet)
+    print(f"{len(synthetic)} synthetic cases in {Path(args.out) / 'manifest.csv'}; vertical cup-to-disc ratio "
+          "(mean ± std), synthetic against real:")
+    for name, rows in synthetic.cases.groupby(args.attribute, sort=True):
+        made = [load_case(synthetic, c).label for c in rows["case_id"]]
+        real_ids = cohort.cases.loc[(cohort.cases[args.attribute].astype("string") == name)
+                                    & cohort.cases["label"].notna(), "case_id"]
+        real = [cup_to_disc_ratio(load_case(cohort, c).label) for c in real_ids]
+        cdr = [cup_to_disc_ratio(m) for m in made]
+        inside = sum(cup_inside_disc(m) for m in made)
+        print(f"  {name}: {np.nanmean(cdr):.3f} ± {np.nanstd(cdr):.3f} (real {np.nanmean(real):.3f} ± "
+              f"{np.nanstd(real):.3f}, {len(real)} cases); cup inside disc in {inside}/{len(made)}")
+    return 0
+
+
 def _floats(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(t) for t in text.replace("x", ",").split(",") if t.strip())
@@ -391,6 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--min-support", type=float, default=TRAIN["min_support"], help="divergence: DivExplorer minimum support")
     t.add_argument("--dro-eta", type=float, default=TRAIN["dro_eta"], help="GroupDRO step size")
     t.add_argument("--equal-scale-target", type=int, help="equal-scale: cases per group per epoch")
+    t.add_argument("--synthetic", metavar="DIR",
+                   help="add the synthetic cases of DIR (written by fairseg synthesize from this cohort) as training "
+                        "cases; with --fairness equal-scale they fill the small groups")
     t.add_argument("--pseudo-label-split", help="unlabelled target-domain split trained with pseudo-labels")
     t.add_argument("--pseudo-weight", type=float, default=TRAIN["pseudo_weight"])
     t.add_argument("--chi", type=float, default=TRAIN["chi"], help="pseudo-label uncertainty threshold")
@@ -486,6 +551,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--shape", type=parse_ints, help="breast: voxels X,Y,Z of the RAS grid (default 448,448,120)")
     s.add_argument("--spacing", type=_floats, help="breast: voxel size in mm along X,Y,Z (default 0.7,0.7,1.5)")
     s.set_defaults(func=_cmd_sample)
+
+    y = sub.add_parser("synthesize", allow_abbrev=False,
+                       help="generate mask-and-image pairs per group of a fundus cohort (seed 003, FairDiff)")
+    y.add_argument("cohort", help="manifest CSV or FairSeg-style npz folder with disc/cup masks")
+    y.add_argument("--attribute", required=True, help="categorical attribute whose groups get cases (e.g. race)")
+    y.add_argument("--per-group", type=int, required=True, help="cases to write per group")
+    y.add_argument("--out", required=True, help="output folder (run again with the same settings to resume)")
+    y.add_argument("--metadata", help="metadata table (CSV/XLSX) joined by case id")
+    y.add_argument("--mask-steps", type=int, default=MASK_GENERATOR["steps"], help="mask generator training steps")
+    y.add_argument("--image-steps", type=int, default=IMAGE_GENERATOR["steps"], help="image generator training steps")
+    y.add_argument("--size", type=int, default=IMAGE_GENERATOR["size"],
+                   help="side in pixels the image generator works at (a multiple of 4; seed 003: 512)")
+    y.add_argument("--width", type=int, default=IMAGE_GENERATOR["width"],
+                   help="image generator UNet features (a multiple of 8)")
+    y.add_argument("--seed", type=int, default=0)
+    y.set_defaults(func=_cmd_synthesize)
 
     d = sub.add_parser("demo", help="predict a sample cohort's test split with the bundled network and audit it")
     d.add_argument("--out", default="demo_output")

@@ -132,3 +132,28 @@ def points_to_mask(points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     out[disc] = RIM
     out[cup] = CUP
     return out
+
+
+def cup_to_disc_ratio(label: np.ndarray) -> float:
+    """The vertical cup-to-disc ratio of a class map ``(H, W)`` (1 rim, 2 cup): the cup's
+    height over the disc's (rim ∪ cup), in rows; NaN without a disc, 0 without a cup."""
+    label = np.asarray(label)
+    disc_rows = np.flatnonzero((label > 0).any(axis=1))
+    if not len(disc_rows):
+        return float("nan")
+    cup_rows = np.flatnonzero((label == 2).any(axis=1))
+    height = disc_rows[-1] - disc_rows[0] + 1
+    return float((cup_rows[-1] - cup_rows[0] + 1) / height) if len(cup_rows) else 0.0
+
+
+def cup_inside_disc(label: np.ndarray) -> bool:
+    """Whether the cup (2) is wholly surrounded by rim (1): no cup pixel touches the background
+    (4-neighbourhood) or the image border."""
+    label = np.asarray(label)
+    cup = label == 2
+    if not cup.any():
+        return True
+    padded = np.pad(label, 1, constant_values=0)
+    c = np.pad(cup, 1)
+    neighbours = [np.roll(padded, s, axis=a) for s, a in ((1, 0), (-1, 0), (1, 1), (-1, 1))]
+    return not any(((n == 0) & c).any() for n in neighbours)
