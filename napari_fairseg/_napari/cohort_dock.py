@@ -8,6 +8,10 @@ checkpoint's classes. The table lists every case with its split, whether it has 
 and its attributes; the filter keeps one subgroup; opening a case adds its image (physical
 scale) and ground truth, replacing the previous case's layers, with its latest prediction when
 a predictions folder (the Model & inference dock's cohort output) is given.
+
+"Add synthetic…" joins the cases a ``fairseg synthesize`` folder holds (seed 003) as training
+cases flagged synthetic; the table's ``origin`` column and the filter tell them apart, and
+"Real vs synthetic" shows the chosen subgroup's real cases above its generated ones.
 """
 
 from __future__ import annotations
@@ -34,12 +38,14 @@ from qtpy.QtWidgets import (
 
 from ..data.arrays import load_image, load_prediction, prediction_path
 from ..data.classes import format_classes, parse_classes
-from ..data.layers import case_layers, labels_layer
+from ..data.layers import case_layers, gallery, labels_layer
 from ..data.readers import open_cohort
 from ..errors import user_message
 from .viewer_layers import FILE_ERRORS, focus_on, show_layers
 
 ALL = "(all)"
+#: the table's and filter's column telling real from synthetic cases
+ORIGIN = "origin"
 
 
 class CohortDock(QWidget):
@@ -48,7 +54,7 @@ class CohortDock(QWidget):
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__()
         self.viewer = viewer
-        self.cohort = None
+        self.cohort = self.real_cohort = None
         self.case_layers: list = []
         self.columns: list[str] = []
         self._build()
@@ -85,6 +91,14 @@ class CohortDock(QWidget):
         self.table.setMinimumHeight(180)  # stays readable when other docks stack below it
         self.open_button = QPushButton("Open case")
         self.open_button.setEnabled(False)
+        self.synthetic_edit = QLineEdit()
+        self.synthetic_edit.setPlaceholderText("folder written by fairseg synthesize (optional)")
+        self.synthetic_button = QPushButton("Add synthetic…")
+        self.synthetic_button.setToolTip("Join generated cases (seed 003) to the cohort as training cases "
+                                         "flagged synthetic")
+        self.gallery_button = QPushButton("Real vs synthetic")
+        self.gallery_button.setToolTip("Show the chosen subgroup's real cases (top) above its synthetic ones")
+        self.gallery_button.setEnabled(False)
 
     def _layout(self) -> None:
         top = QHBoxLayout()
@@ -98,6 +112,10 @@ class CohortDock(QWidget):
         form.addRow("Cohort", top)
         form.addRow("Classes", classes)
         form.addRow("Predictions", self.pred_edit)
+        synthetic = QHBoxLayout()
+        synthetic.addWidget(self.synthetic_edit, 1)
+        synthetic.addWidget(self.synthetic_button)
+        form.addRow("Synthetic", synthetic)
         filt = QHBoxLayout()
         filt.addWidget(QLabel("Subgroup:"))
         filt.addWidget(self.attribute_combo, 1)
@@ -108,7 +126,10 @@ class CohortDock(QWidget):
         layout.addWidget(self.info)
         layout.addLayout(filt)
         layout.addWidget(self.table, 1)
-        layout.addWidget(self.open_button)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.open_button, 1)
+        buttons.addWidget(self.gallery_button, 1)
+        layout.addLayout(buttons)
 
     def _connect(self) -> None:
         self.browse_button.clicked.connect(self._on_browse_clicked)
@@ -119,6 +140,9 @@ class CohortDock(QWidget):
         self.attribute_combo.currentTextChanged.connect(self._on_attribute_changed)
         self.value_combo.currentTextChanged.connect(self._on_filter_changed)
         self.open_button.clicked.connect(self._on_open_clicked)
+        self.synthetic_button.clicked.connect(self._on_synthetic_clicked)
+        self.synthetic_edit.returnPressed.connect(lambda: self.add_synthetic(self.synthetic_edit.text().strip()))
+        self.gallery_button.clicked.connect(self.show_gallery)
         self.table.itemSelectionChanged.connect(
             lambda: self.open_button.setEnabled(bool(self.table.selectedItems())))
         self.table.cellDoubleClicked.connect(lambda *_: self._on_open_clicked())
@@ -140,6 +164,45 @@ class CohortDock(QWidget):
             return False
         if self.cohort is None or str(self.cohort.source) != str(cohort.source):
             self._default_predictions(cohort)
+        self.real_cohort = cohort
+        self._show(cohort)
+        return True
+
+    def add_synthetic(self, path: str | Path) -> bool:
+        """Join a ``fairseg synthesize`` folder's cases to the loaded cohort, flagged synthetic."""
+        from ..training.synthesize import with_synthetic
+
+        if self.cohort is None:
+            show_error("Load the real cohort first, then add its synthetic cases")
+            return False
+        if not str(path):
+            show_error("Give the folder fairseg synthesize wrote (Add synthetic…)")
+            return False
+        self.synthetic_edit.setText(str(path))
+        try:  # from the cohort as loaded: synthetic cases added before are replaced, not doubled
+            merged = with_synthetic(self.real_cohort, path)
+        except FILE_ERRORS as exc:
+            show_error(f"Cannot add synthetic cases: {user_message(exc)}")
+            return False
+        self._show(merged)
+        return True
+
+    def show_gallery(self) -> None:
+        """The chosen subgroup's real cases above its synthetic ones (:func:`~..data.layers.gallery`)."""
+        attribute, value = self.attribute_combo.currentText(), self.value_combo.currentText()
+        if self.cohort is None or attribute not in self.cohort.attributes or value in (ALL, ""):
+            show_error("Choose a subgroup first (e.g. race = Black), then Real vs synthetic")
+            return
+        try:
+            layers = gallery(self.cohort, attribute, value)
+        except FILE_ERRORS as exc:
+            show_error(f"Cannot show the gallery: {user_message(exc)}")
+            return
+        self.case_layers = show_layers(self.viewer, self.case_layers, layers)
+        self.viewer.reset_view()
+
+    def _show(self, cohort) -> None:
+        """Make ``cohort`` the dock's: its summary, table and filter."""
         self.cohort = cohort
         labelled = cohort.cases["label"].map(lambda v: isinstance(v, str) and bool(v))
         splits = ", ".join(f"{k} {v}" for k, v in cohort.cases["split"].astype("string").fillna("none")
@@ -148,13 +211,16 @@ class CohortDock(QWidget):
         self.info.setText(f"<b>{cohort.name}</b> ({cohort.kind}): {len(cohort)} cases ({splits}), "
                           f"{int(labelled.sum())} with ground truth; classes {format_classes(cohort.classes)}"
                           + notes)
-        self._fill_table(cohort.cases.assign(labelled=labelled))
+        made = len(cohort.synthetic_ids)
+        if made:
+            self.info.setText(self.info.text() + f"<br>{made} of them synthetic (generated, training only)")
+        self._fill_table(cohort.cases.assign(labelled=labelled, **{ORIGIN: self._origin(cohort)}))
         self.attribute_combo.blockSignals(True)
         self.attribute_combo.clear()
-        self.attribute_combo.addItems([ALL, *cohort.attributes])
+        self.attribute_combo.addItems([ALL, *cohort.attributes, *([ORIGIN] if made else [])])
         self.attribute_combo.blockSignals(False)
         self._on_attribute_changed(ALL)
-        return True
+        self.gallery_button.setEnabled(bool(made))
 
     def open_case(self, case_id: str) -> None:
         """Show a case's image and ground truth, replacing the previously opened case."""
@@ -225,7 +291,9 @@ class CohortDock(QWidget):
     def _on_attribute_changed(self, attribute: str) -> None:
         self.value_combo.blockSignals(True)
         self.value_combo.clear()
-        if self.cohort is not None and attribute in self.cohort.attributes:
+        if self.cohort is not None and attribute == ORIGIN and self.cohort.synthetic_ids:
+            self.value_combo.addItems([ALL, "real", "synthetic"])
+        elif self.cohort is not None and attribute in self.cohort.attributes:
             values = self.cohort.cases[attribute].astype("string").fillna("unknown").unique()
             self.value_combo.addItems([ALL, *sorted(values)])
         else:
@@ -246,6 +314,16 @@ class CohortDock(QWidget):
             self.open_case(self.table.item(rows.pop(), 0).text())
 
     # ------------------------------------------------------------------ helpers
+    def _on_synthetic_clicked(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "A folder written by fairseg synthesize")
+        if path:
+            self.add_synthetic(path)
+
+    @staticmethod
+    def _origin(cohort) -> list[str]:
+        made = set(cohort.synthetic_ids)
+        return ["synthetic" if c in made else "real" for c in cohort.case_ids]
+
     def _default_predictions(self, cohort) -> None:
         """A new cohort: its own ``predictions`` folder when it has one, not the last cohort's."""
         src = Path(cohort.source)
@@ -253,20 +331,22 @@ class CohortDock(QWidget):
         self.pred_edit.setText(str(default) if default.is_dir() else "")
 
     def _clear(self, message: str) -> None:
-        self.cohort, self.columns = None, []
+        self.cohort, self.real_cohort, self.columns = None, None, []
         self.table.clear()
         self.table.setRowCount(0)
         self.table.setColumnCount(0)
         self.attribute_combo.clear()
         self.value_combo.clear()
+        self.gallery_button.setEnabled(False)
         self.info.setText(message)
 
     def _fill_table(self, cases: pd.DataFrame) -> None:
-        self.columns = ["case_id", "split", "labelled", *self.cohort.attributes]
+        extra = [ORIGIN] if self.cohort.synthetic_ids else []
+        self.columns = ["case_id", "split", "labelled", *self.cohort.attributes, *extra]
         self.table.setSortingEnabled(False)
         self.table.clear()
         self.table.setColumnCount(len(self.columns))
-        self.table.setHorizontalHeaderLabels(["case", "split", "label", *self.cohort.attributes])
+        self.table.setHorizontalHeaderLabels(["case", "split", "label", *self.cohort.attributes, *extra])
         self.table.setRowCount(len(cases))
         for r, row in enumerate(cases[self.columns].itertuples(index=False)):
             for c, v in enumerate(row):

@@ -255,3 +255,50 @@ def file_layers(path: str | Path) -> list[LayerData]:
         img = img[None] if img.ndim == 2 else np.moveaxis(img, -1, 0)
         return [image_layer(img, np.eye(4), stem, _as_case(meta, path, stem, "image2d"))]
     raise InputDataError(path, "not a NIfTI (.nii, .nii.gz), FairSeg .npz or 2D image (PNG, JPEG, TIFF) file")
+
+
+def gallery(cohort: Cohort, attribute: str, group: str, *, n: int = 6) -> list[LayerData]:
+    """Real cases of one group (top row) above its synthetic cases (bottom row), as one image
+    montage and one labels montage of their masks — how people judge generated images.
+
+    Takes the first ``n`` labelled real and ``n`` synthetic cases of ``attribute == group`` (2D
+    cohorts whose cases share one image size; ``fairseg synthesize`` writes them so).
+
+    Raises
+    ------
+    InputDataError
+        A 3D cohort, a group with no real or no synthetic case, or images of different sizes.
+    """
+    cases = cohort.cases
+    in_group = cases[attribute].astype("string") == str(group)
+    made = set(cohort.synthetic_ids)
+    rows = {"real": [c for c, lab in zip(cases.loc[in_group, "case_id"], cases.loc[in_group, "label"], strict=True)
+                     if c not in made and isinstance(lab, str)][:n],
+            "synthetic": [c for c in cases.loc[in_group, "case_id"] if c in made][:n]}
+    empty = [k for k, ids in rows.items() if not ids]
+    if empty:
+        raise InputDataError(cohort.source, f"{attribute} = {group} has no {' and no '.join(empty)} cases to show "
+                             "(add a folder written by fairseg synthesize)")
+    loaded = {k: [load_case(cohort, c) for c in ids] for k, ids in rows.items()}
+    first = loaded["real"][0]
+    if first.image.ndim != 3:
+        raise InputDataError(cohort.source, "the gallery shows 2D images; this cohort holds 3D volumes")
+    h, w = first.label.shape
+    gap_h, gap_w = max(1, h // 10), max(1, w // 10)
+    width = max(len(v) for v in loaded.values())
+    image = np.full((first.image.shape[0], 2 * h + gap_h, width * (w + gap_w) - gap_w), np.nan, np.float32)
+    labels = np.zeros(image.shape[1:], np.uint8)
+    for r, key in enumerate(("real", "synthetic")):
+        for c, case in enumerate(loaded[key]):
+            if case.label.shape != (h, w) or case.image.shape[0] != image.shape[0]:
+                raise InputDataError(cohort.source, f"case {case.case_id!r} is {case.label.shape} but "
+                                     f"{first.case_id!r} is {(h, w)}: the gallery needs one image size")
+            y, x = r * (h + gap_h), c * (w + gap_w)
+            image[:, y:y + h, x:x + w] = case.image
+            labels[y:y + h, x:x + w] = case.label
+    image = np.where(np.isnan(image), np.nanmin(image), image)
+    title = f"{attribute} = {group} (top: real, bottom: synthetic)"
+    meta = {"fairseg": {"gallery": {"real": rows["real"], "synthetic": rows["synthetic"]}}}
+    affine = np.eye(4)
+    return [image_layer(image, affine, f"gallery {title}", meta),
+            labels_layer(labels, affine, f"gallery masks {title}", meta)]

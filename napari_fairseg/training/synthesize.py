@@ -214,5 +214,6 @@ def with_synthetic(cohort: Cohort, synthetic: Cohort | str | Path) -> Cohort:
     synthetic = Cohort(cases, synthetic.kind, dict(synthetic.classes), synthetic.name, list(synthetic.notes),
                        synthetic.source)
     merged = merge_cohorts([real_cohort, synthetic], name=cohort.name)
-    merged.source = cohort.source
-    return merged
+    where = Path(synthetic.source).parent if synthetic.source is not None else synthetic.name
+    return Cohort(merged.cases, merged.kind, dict(merged.classes), cohort.name,
+                  [*cohort.notes, f"{len(synthetic)} synthetic cases from {where}"], cohort.source)

@@ -159,3 +159,51 @@ def test_file_button_opens_a_manifest_picked_in_the_dialog(make_napari_viewer, q
     monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a, **k: ("", ""))  # the user cancels the dialog
     qtbot.mouseClick(dock.browse_button, Qt.MouseButton.LeftButton)
     assert dock.cohort is not None and dock.table.rowCount() == len(tiny_brain)  # nothing changed
+
+
+def test_synthetic_cases_join_the_table_and_show_beside_real_ones(make_napari_viewer, qtbot, open_dock, shot,
+                                                                   fundus, tmp_path, monkeypatch):
+    from napari_fairseg.progress import run_job
+    from napari_fairseg.training.image_generator import ImageGeneratorConfig
+    from napari_fairseg.training.mask_generator import MaskGeneratorConfig
+    from napari_fairseg.training.synthesize import synthesize_job
+
+    made = run_job(synthesize_job(fundus, "race", 2, tmp_path / "syn",
+                                  masks=MaskGeneratorConfig(steps=20, batch_size=4, width=16, n_points=64),
+                                  images=ImageGeneratorConfig(size=16, width=8, steps=4, batch_size=2, sample_steps=2)))
+    viewer = make_napari_viewer(show=True)
+    dock = open_dock(viewer, "Cohort")
+    dock.path_edit.setText(str(fundus.source))
+    qtbot.mouseClick(dock.load_button, Qt.MouseButton.LeftButton)
+    assert not dock.gallery_button.isEnabled()
+    qtbot.mouseClick(dock.gallery_button, Qt.MouseButton.LeftButton)  # disabled: nothing happens
+    assert len(viewer.layers) == 0
+    dock.synthetic_edit.setText(str(tmp_path / "syn"))
+    qtbot.keyClick(dock.synthetic_edit, Qt.Key.Key_Return)
+    assert dock.table.rowCount() == len(fundus) + len(made) and "6 of them synthetic" in dock.info.text()
+    dock.attribute_combo.setCurrentText("origin")
+    dock.value_combo.setCurrentText("synthetic")
+    assert sorted(dock.visible_case_ids()) == sorted(made.case_ids)
+    dock.add_synthetic(tmp_path / "syn")  # added again: replaced, not doubled
+    assert dock.table.rowCount() == len(fundus) + len(made)
+    dock.attribute_combo.setCurrentText("race")
+    dock.value_combo.setCurrentText("Black")
+    qtbot.mouseClick(dock.gallery_button, Qt.MouseButton.LeftButton)
+    image, masks = viewer.layers
+    assert image.name == "gallery race = Black (top: real, bottom: synthetic)"
+    shown = image.metadata["fairseg"]["gallery"]
+    black = fundus.cases.loc[fundus.cases["race"] == "Black", "case_id"].tolist()
+    assert shown["real"] == black[:6] and shown["synthetic"] == made.cases.loc[made.cases["race"] == "Black", "case_id"].tolist()
+    # top-left tile is the first real case, bottom-left the first synthetic one, each with its mask
+    real, fake = load_case(fundus, black[0]), load_case(made, shown["synthetic"][0])
+    h = real.label.shape[0]
+    np.testing.assert_array_equal(image.data[:h, :h], real.image[0])
+    np.testing.assert_array_equal(masks.data[-h:, :h], fake.label)
+    path = shot(viewer, "cohort_dock_gallery")
+    assert dock.grab().save(str(path.with_name("cohort_dock_synthetic_panel.png")))  # the dock itself
+    errors = []
+    monkeypatch.setattr("napari_fairseg._napari.cohort_dock.show_error", errors.append)
+    dock.value_combo.setCurrentText("(all)")
+    qtbot.mouseClick(dock.gallery_button, Qt.MouseButton.LeftButton)
+    assert errors == ["Choose a subgroup first (e.g. race = Black), then Real vs synthetic"]
+    assert [la.name for la in viewer.layers] == [image.name, masks.name]  # the gallery stays
