@@ -72,6 +72,37 @@ def plausibility(real: Cohort, synthetic: Cohort) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def figure(real: Cohort, synthetic: Cohort, path: Path, n: int = 4) -> Path:
+    """Per group, ``n`` real training cases then ``n`` synthetic ones, rim and cup outlined."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = sorted(synthetic.cases["race"].unique())
+    fig, axes = plt.subplots(len(groups), 2 * n, figsize=(2 * n * 1.3, len(groups) * 1.45))
+    for r, group in enumerate(groups):
+        rc = real.cases
+        ids = [("real", real, c) for c in rc.loc[(rc["race"] == group) & (rc["split"] == "train"), "case_id"][:n]]
+        sc = synthetic.cases
+        ids += [("synthetic", synthetic, c) for c in sc.loc[sc["race"] == group, "case_id"][:n]]
+        for c, (kind, cohort, cid) in enumerate(ids):
+            case = load_case(cohort, cid)
+            ax = axes[r, c]
+            ax.imshow(case.image[0], cmap="gray")
+            ax.contour(case.label >= 1, levels=[0.5], colors="lime", linewidths=0.6)
+            ax.contour(case.label == 2, levels=[0.5], colors="deepskyblue", linewidths=0.6)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(kind, fontsize=8)
+        axes[r, 0].set_ylabel(group, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def evaluate(ckpt: Path, cohort: Cohort) -> dict:
     ids = cohort.cases.loc[cohort.cases["split"] == "test", "case_id"].tolist()
     table = validate(Predictor.from_checkpoint(load_checkpoint(ckpt)), cohort, ids)
@@ -105,6 +136,7 @@ def run(args) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     timings["total"] = time.perf_counter() - t
     print(f"generators and {len(synthetic)} cases: {timings}", flush=True)
     checks = plausibility(small, synthetic)
+    figure(small, synthetic, out / "real_vs_synthetic.png")
     mc = model_config_for(small, network="unet", features=tuple(args.features))
     runs = {"no balancing": (small, "none"), "repeat sample": (small, "equal-scale"),
             "equal scale + synthetic": (with_synthetic(small, synthetic), "equal-scale"),

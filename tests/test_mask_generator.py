@@ -24,7 +24,7 @@ def test_the_job_trains_writes_and_samples_per_group(tmp_path, fundus):
     assert [e.stage for e in events].count("train") == 30 and events[-1].done == 30
     assert len(result["losses"]) == 30 and np.isfinite(result["losses"]).all()
     model, meta = load_mask_generator(tmp_path / "g.pt")
-    assert meta["n_cases"] == {"Asian": 12, "Black": 14, "White": 34} and meta["attribute"] == "race"
+    assert meta["n_cases"] == {"Asian": 8, "Black": 9, "White": 23} and meta["attribute"] == "race"
     with torch.no_grad():
         x = torch.randn(2, 128, 3)
         t, g = torch.tensor([5, 50]), torch.tensor([0, 2])
@@ -55,8 +55,8 @@ def test_bad_inputs_get_one_line(tmp_path, fundus, tiny_brain):
     one = Cohort(fundus.cases.assign(site="A"), fundus.kind, fundus.classes, "one", source=fundus.source)
     with pytest.raises(InputDataError, match="'site' has 1 group"):
         run_job(mask_generator_job(one, "site", FAST))
-    with pytest.raises(InputDataError, match="too few labelled masks.*Asian has 12"):
-        run_job(mask_generator_job(fundus, "race", MaskGeneratorConfig(steps=1, min_cases=13)))
+    with pytest.raises(InputDataError, match="too few labelled training masks.*Asian has 8"):
+        run_job(mask_generator_job(fundus, "race", MaskGeneratorConfig(steps=1, min_cases=9)))
     with pytest.raises(InputDataError, match="not in the cohort"):
         run_job(mask_generator_job(fundus, "blood_type", FAST))
     for name, payload in (("junk.pt", b"not a checkpoint"), ):

@@ -175,6 +175,12 @@ def test_synthesize_resumes_with_the_same_cases(synthesized, fundus, tmp_path):
     more = run_job(synthesize_job(fundus, "race", 4, out, masks=MASKS, images=IMAGES))
     assert len(more) == 12
     assert all((out / n).stat().st_mtime_ns == t for n, t in before.items())  # kept, not redrawn
+    # stopped early, a run asking for more keeps every case written before in the manifest
+    seen = []
+    with pytest.raises(Cancelled):
+        run_job(synthesize_job(fundus, "race", 12, out, masks=MASKS, images=IMAGES), on_progress=seen.append,
+                should_cancel=lambda: sum(e.stage == "synthesize" for e in seen) >= 9)
+    assert len(read_manifest(out / "manifest.csv")) >= 12
     # a cancelled run keeps a manifest of what it wrote; finishing it equals one uninterrupted run
     fresh = tmp_path / "again"
     seen = []
@@ -229,7 +235,7 @@ def test_synthesize_bad_inputs_stop_with_one_line(capsys, fundus, tiny_brain, tm
     one = tmp_path / "one.csv"
     write_manifest(Cohort(fundus.cases.assign(site="A"), fundus.kind, fundus.classes, "one", source=one), one)
     assert "'site' has 1 group" in refused(one, "--attribute", "site", "--per-group", "1", "--out", tmp_path / "a")
-    assert "too few labelled masks" in refused(fundus.source, "--attribute", "language", "--per-group", "1",
+    assert "too few labelled training masks" in refused(fundus.source, "--attribute", "language", "--per-group", "1",
                                                "--out", tmp_path / "b")
     brain = tmp_path / "brain.csv"
     write_manifest(tiny_brain, brain)
@@ -238,7 +244,7 @@ def test_synthesize_bad_inputs_stop_with_one_line(capsys, fundus, tiny_brain, tm
     (tmp_path / "e").mkdir()
     (tmp_path / "e" / "thesis.docx").write_text("mine")
     assert "did not write" in refused(fundus.source, "--attribute", "race", "--per-group", "1", "--out", tmp_path / "e")
-    assert "per_group" in refused(fundus.source, "--attribute", "race", "--per-group", "0", "--out", tmp_path / "f")
+    assert "--per-group" in refused(fundus.source, "--attribute", "race", "--per-group", "0", "--out", tmp_path / "f")
     assert (tmp_path / "e" / "thesis.docx").read_text() == "mine"
 
 
@@ -266,3 +272,65 @@ def test_mask_plausibility_measures():
     label[4:6, 7:9] = 2  # the cup reaches the background
     assert not cup_inside_disc(label)
     assert np.isnan(cup_to_disc_ratio(np.zeros((4, 4)))) and cup_to_disc_ratio(label.clip(0, 1)) == 0
+
+
+def test_a_folder_is_resumed_only_from_its_own_run(synthesized, fundus, tmp_path):
+    import json
+    import shutil
+
+    made, _, _ = synthesized
+    # another command's output folder (marked, with its own manifest) is not synthesize's to overwrite
+    other = tmp_path / "export"
+    other.mkdir()
+    (other / ".fairseg-output").write_text("x")
+    (other / "manifest.csv").write_text("case_id,image\nmine,a.png\n")
+    with pytest.raises(InputDataError, match="did not write"):
+        run_job(synthesize_job(fundus, "race", 1, other, masks=MASKS, images=IMAGES))
+    assert (other / "manifest.csv").read_text() == "case_id,image\nmine,a.png\n"
+    # a generator file changed after the run wrote it is not reused
+    copy = shutil.copytree(made, tmp_path / "copy")
+    payload = torch.load(copy / "mask_generator.pt", weights_only=True)
+    meta = json.loads(payload["meta"])
+    torch.save({**payload, "meta": json.dumps({**meta, "shape": [64, 48]})}, copy / "mask_generator.pt")
+    with pytest.raises(InputDataError, match="not the one this folder's run wrote"):
+        run_job(synthesize_job(fundus, "race", 3, copy, masks=MASKS, images=IMAGES))
+    # the same folder name from another cohort (other training cases) is refused
+    fewer = Cohort(fundus.cases.iloc[2:], fundus.kind, fundus.classes, fundus.name, source=fundus.source)
+    with pytest.raises(InputDataError, match="the cohort's training cases differ"):
+        run_job(synthesize_job(fewer, "race", 3, made, masks=MASKS, images=IMAGES))
+    with pytest.raises(InputDataError, match="'#' or ';'"):
+        run_job(synthesize_job(fundus, "race", 1, tmp_path / "a#b", masks=MASKS, images=IMAGES))
+    assert not (tmp_path / "a#b").exists()
+
+
+def test_train_refuses_synthetic_cases_that_are_not_this_cohorts(synthesized, fundus, tmp_path):
+    import shutil
+
+    made, cohort, _ = synthesized
+    fewer = Cohort(fundus.cases.iloc[2:], fundus.kind, fundus.classes, fundus.name, source=fundus.source)
+    with pytest.raises(InputDataError, match="another version of 'fundus'"):
+        with_synthetic(fewer, made)
+    renamed = Cohort(fundus.cases, fundus.kind, fundus.classes, "other", source=fundus.source)
+    with pytest.raises(InputDataError, match="generated from cohort 'fundus'"):
+        with_synthetic(renamed, made)
+    martian = shutil.copytree(made, tmp_path / "martian")
+    pd.read_csv(martian / "manifest.csv").assign(race="Martian").to_csv(martian / "manifest.csv", index=False)
+    with pytest.raises(InputDataError, match="a group the cohort does not have"):
+        with_synthetic(fundus, martian)
+    leak = shutil.copytree(made, tmp_path / "leak")  # a real test case smuggled in as synthetic
+    table = pd.read_csv(leak / "manifest.csv")
+    table.loc[0, "image"] = str(fundus.cases.loc[fundus.cases["split"] == "test", "image"].iloc[0])
+    table.to_csv(leak / "manifest.csv", index=False)
+    with pytest.raises(InputDataError, match="outside its folder"):
+        with_synthetic(fundus, leak)
+
+
+def test_painted_images_keep_the_cohorts_storage_type():
+    from napari_fairseg.training.synthesize import _pixels
+
+    img = np.array([[[-3.0, 12.4], [255.6, 300.0]]])
+    np.testing.assert_array_equal(_pixels(img, np.dtype(np.uint8)), [[0, 12], [255, 255]])
+    assert _pixels(img, np.dtype(np.uint16)).max() == 300
+    floats = _pixels(img / 300, np.dtype(np.float32))
+    assert floats.dtype == np.float32 and floats.max() == pytest.approx(1.0)
+    assert _pixels(np.zeros((3, 2, 2)), np.dtype(np.uint8)).shape == (2, 2, 3)  # colour: channels last

@@ -55,6 +55,7 @@ class CohortDock(QWidget):
         super().__init__()
         self.viewer = viewer
         self.cohort = self.real_cohort = None
+        self._gallery_caption = False
         self.case_layers: list = []
         self.columns: list[str] = []
         self._build()
@@ -199,6 +200,19 @@ class CohortDock(QWidget):
             show_error(f"Cannot show the gallery: {user_message(exc)}")
             return
         self.case_layers = show_layers(self.viewer, self.case_layers, layers)
+        shown = layers[0][1]["metadata"]["fairseg"]["gallery"]
+        in_group = self.cohort.cases[attribute].astype("string") == value
+        made = in_group & self.cohort.cases["case_id"].isin(self.cohort.synthetic_ids)
+        real = in_group & ~made & self.cohort.cases["label"].notna()
+        overlay = self.viewer.text_overlay
+        overlay.text = (f"{attribute} = {value} · top row: real ({len(shown['real'])} of {int(real.sum())}) · "
+                        f"bottom row: synthetic ({len(shown['synthetic'])} of {int(made.sum())})")
+        overlay.visible = self._gallery_caption = True
+        overlay.position = "top_center"
+        overlay.font_size = 12
+        overlay.color = "white"
+        image = self.viewer.layers[layers[0][1]["name"]]
+        self.viewer.layers.selection.active = image  # not the masks: a click must not paint on the gallery
         self.viewer.reset_view()
 
     def _show(self, cohort) -> None:
@@ -213,7 +227,8 @@ class CohortDock(QWidget):
                           + notes)
         made = len(cohort.synthetic_ids)
         if made:
-            self.info.setText(self.info.text() + f"<br>{made} of them synthetic (generated, training only)")
+            self.info.setText(self.info.text() + f"<br><b>{len(cohort) - made} real + {made} synthetic</b> "
+                              "(generated, training only; counted above)")
         self._fill_table(cohort.cases.assign(labelled=labelled, **{ORIGIN: self._origin(cohort)}))
         self.attribute_combo.blockSignals(True)
         self.attribute_combo.clear()
@@ -243,6 +258,8 @@ class CohortDock(QWidget):
                 except FILE_ERRORS as exc:
                     show_error(f"Prediction of {case_id} not shown: {user_message(exc)}")
         self.case_layers = show_layers(self.viewer, self.case_layers, layers)
+        if self._gallery_caption:  # the gallery's layers are gone: so is its caption
+            self.viewer.text_overlay.visible = self._gallery_caption = False
         self.viewer.reset_view()
         if len(layers) > 1:  # show the slice through the middle of the ground truth (or prediction)
             focus_on(self.viewer, layers[1][0], layers[1][1]["scale"])
@@ -342,11 +359,11 @@ class CohortDock(QWidget):
 
     def _fill_table(self, cases: pd.DataFrame) -> None:
         extra = [ORIGIN] if self.cohort.synthetic_ids else []
-        self.columns = ["case_id", "split", "labelled", *self.cohort.attributes, *extra]
+        self.columns = ["case_id", *extra, "split", "labelled", *self.cohort.attributes]
         self.table.setSortingEnabled(False)
         self.table.clear()
         self.table.setColumnCount(len(self.columns))
-        self.table.setHorizontalHeaderLabels(["case", "split", "label", *self.cohort.attributes, *extra])
+        self.table.setHorizontalHeaderLabels(["case", *extra, "split", "label", *self.cohort.attributes])
         self.table.setRowCount(len(cases))
         for r, row in enumerate(cases[self.columns].itertuples(index=False)):
             for c, v in enumerate(row):

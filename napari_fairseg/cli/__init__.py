@@ -306,8 +306,6 @@ def _make_sample(kind, out, *, cases, seed, bias, quiet, shape=None, spacing=Non
 
 
 def _cmd_synthesize(args) -> int:
-    import numpy as np
-
     from ..data.arrays import load_case
     from ..data.points import cup_inside_disc, cup_to_disc_ratio
     from ..data.readers import open_cohort
@@ -322,16 +320,30 @@ def _cmd_synthesize(args) -> int:
                                             images=images, seed=args.seed), args.quiet)
     print(f"{len(synthetic)} synthetic cases in {Path(args.out) / 'manifest.csv'}; vertical cup-to-disc ratio "
           "(mean ± std), synthetic against real:")
+    inside_all = 0
     for name, rows in synthetic.cases.groupby(args.attribute, sort=True):
         made = [load_case(synthetic, c).label for c in rows["case_id"]]
-        real_ids = cohort.cases.loc[(cohort.cases[args.attribute].astype("string") == name)
-                                    & cohort.cases["label"].notna(), "case_id"]
+        cases = cohort.cases
+        real_ids = cases.loc[(cases[args.attribute].astype("string") == name) & cases["label"].notna()
+                             & (cases["split"].astype("string").fillna("") != "test"), "case_id"]
         real = [cup_to_disc_ratio(load_case(cohort, c).label) for c in real_ids]
         cdr = [cup_to_disc_ratio(m) for m in made]
         inside = sum(cup_inside_disc(m) for m in made)
-        print(f"  {name}: {np.nanmean(cdr):.3f} ± {np.nanstd(cdr):.3f} (real {np.nanmean(real):.3f} ± "
-              f"{np.nanstd(real):.3f}, {len(real)} cases); cup inside disc in {inside}/{len(made)}")
+        print(f"  {name}: {_mean_std(cdr)} (real {_mean_std(real)}, {len(real)} training cases); cup inside "
+              f"disc in {inside}/{len(made)}")
+        inside_all += inside
+    if inside_all < len(synthetic) / 2:
+        print(f"warning: only {inside_all} of {len(synthetic)} generated cups lie inside their disc: the generators "
+              "look undertrained (raise --mask-steps / --image-steps) — look at the cases before training on them")
     return 0
+
+
+def _mean_std(values) -> str:
+    import numpy as np
+
+    v = np.asarray(values, float)
+    v = v[np.isfinite(v)]
+    return f"{v.mean():.3f} ± {v.std():.3f}" if len(v) else "n/a"
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -597,8 +609,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fairseg: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\nfairseg: interrupted; files already written are complete (a training run keeps its "
-              "last finished epoch: continue it with --resume)", file=sys.stderr)
+        how = {"synthesize": "run the same command again to go on from where it stopped",
+               "train": "a training run keeps its last finished epoch: continue it with --resume",
+               "adapt": "an adaptation keeps its last finished epoch: continue it with --resume"}
+        hint = how.get(getattr(args, "command", None), "")
+        print(f"\nfairseg: interrupted; files already written are complete{f' ({hint})' if hint else ''}",
+              file=sys.stderr)
         return 130
 
 

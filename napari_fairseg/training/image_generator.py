@@ -99,11 +99,14 @@ def image_generator_job(cohort: Cohort, attribute: str, config: ImageGeneratorCo
     """
     config = config or ImageGeneratorConfig()
     ids, groups, names = generator_groups(cohort, attribute, config.min_cases)
-    images, masks, shape = [], [], None
+    images, masks, shape, channels = [], [], None, None
     for i, cid in enumerate(ids):
         case = load_case(cohort, cid)
         if shape is None:
-            shape = case.label.shape
+            shape, channels = case.label.shape, case.image.shape[0]
+        elif case.image.shape[0] != channels:
+            raise InputDataError(cohort.source, f"case {cid!r} has {case.image.shape[0]} image channel(s) but "
+                                 f"{ids[0]!r} has {channels}: the image generator needs one channel count")
         elif case.label.shape != shape:
             raise InputDataError(cohort.source, f"case {cid!r} is {case.label.shape} but the first is {shape}: the "
                                  "image generator needs one image size")

@@ -75,14 +75,16 @@ class MaskGeneratorConfig:
 
 
 def generator_groups(cohort: Cohort, attribute: str, min_cases: int) -> tuple[list[str], list[str], list[str]]:
-    """Labelled case ids, their groups, and the group names (sorted), after the checks."""
+    """Labelled case ids outside the test split (generated cases must not carry what the test
+    cases look like), their groups, and the group names (sorted), after the checks."""
     if load_case(cohort, cohort.case_ids[0]).image.ndim != 3:  # (C, H, W): 2D
         raise InputDataError(cohort.source, "this is a cohort of 3D volumes: the mask generator models 2D fundus "
                              "masks (optic disc and cup) and does not support 3D")
     if attribute not in cohort.attributes:
         raise InputDataError(cohort.source, f"attribute {attribute!r} is not in the cohort (it has {cohort.attributes})")
     cases = cohort.cases
-    labelled = cases[cases["label"].notna()]
+    labelled = cases[cases["label"].notna() & (cases["split"].astype("string").fillna("") != "test")
+                     & ~cases["case_id"].isin(cohort.synthetic_ids)]
     groups = bin_continuous(labelled[attribute], name=attribute).astype("string")
     keep = groups.notna().to_numpy()
     ids, groups = labelled["case_id"].to_numpy()[keep].tolist(), groups[keep].tolist()
@@ -92,7 +94,8 @@ def generator_groups(cohort: Cohort, attribute: str, min_cases: int) -> tuple[li
                              f"cases ({names}): generating per group needs at least two")
     small = {g: groups.count(g) for g in names if groups.count(g) < min_cases}
     if small:
-        raise InputDataError(cohort.source, f"too few labelled masks to learn a group's outlines (need {min_cases}): "
+        raise InputDataError(cohort.source, f"too few labelled training masks (test split excluded) to learn a "
+                             f"group's outlines (need {min_cases}): "
                              + ", ".join(f"{g} has {n}" for g, n in small.items()))
     return ids, groups, names
 

@@ -16,6 +16,8 @@ as training cases flagged synthetic: validation, the audit and equal-scale train
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from dataclasses import asdict
 from pathlib import Path
@@ -24,7 +26,8 @@ import numpy as np
 import pandas as pd
 
 from ..data.arrays import NPZ_IMAGE_KEYS, NPZ_LABEL_KEYS, encode_label
-from ..data.atomic import atomic_path, is_output, mark_output, path_inside
+from ..data.atomic import atomic_path, mark_output, path_inside, write_text_atomic
+from ..data.attributes import bin_continuous
 from ..data.kinds import kind_of
 from ..data.manifest import (
     KEY_SEP,
@@ -40,12 +43,16 @@ from ..progress import Job, Progress
 from .image_generator import ImageGeneratorConfig, image_generator_job, load_image_generator, paint
 from .mask_generator import (
     MaskGeneratorConfig,
+    generator_groups,
     load_mask_generator,
     mask_generator_job,
     sample_masks,
 )
 
 MASK_FILE, IMAGE_FILE = "mask_generator.pt", "image_generator.pt"
+#: the folder's record: what it was generated from and the hashes of its generator files
+RECORD = "synthesize.json"
+RECORD_FORMAT = "napari-fairseg-synthesize"
 #: cases painted per batch (one DDIM run)
 BATCH = 8
 #: most levels a numeric attribute may have to count as categorical (as :func:`~napari_fairseg.data.attributes.bin_continuous`)
@@ -70,22 +77,98 @@ def _case_id(k: int, group: str, i: int) -> str:
     return f"syn-g{k}-{slug}-{i:05d}"
 
 
-def _generator(path: Path, load, train: Job, *, attribute: str, cohort: Cohort, config) -> Job:
-    """Reuse the generator at ``path`` if an earlier run with these settings wrote it, else train it."""
-    if path.exists():
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fingerprint(cohort: Cohort, attribute: str, min_cases: int) -> str:
+    """A hash of the cases the generators learn from (ids, files, groups): a folder generated
+    from another cohort, or from another version of this one, has another fingerprint."""
+    ids, groups, _ = generator_groups(cohort, attribute, min_cases)
+    rows = cohort.cases.set_index("case_id").loc[ids, ["image", "label"]].astype(str)
+    text = json.dumps([[i, g, *r] for i, g, r in zip(ids, groups, rows.itertuples(index=False), strict=True)])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def read_record(folder: Path) -> dict:
+    """The record a synthesize run left in ``folder``, or an :class:`InputDataError` saying it has none."""
+    path = Path(folder) / RECORD
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT:
+            raise ValueError("not a synthesize record")
+    except (OSError, ValueError):
+        raise InputDataError(folder, "not a folder fairseg synthesize wrote (no readable synthesize.json)") from None
+    return record
+
+
+def _generator(path: Path, load, train: Job, record: dict, out: Path) -> Job:
+    """Reuse the generator at ``path`` if this folder's record holds its hash, else train it
+    (and record the new file's hash)."""
+    if path.exists() or path.is_symlink():
+        known = record["generators"].get(path.name)
+        if path.is_symlink() or not path.is_file() or known != _sha256(path):
+            raise InputDataError(path, "this generator file is not the one this folder's run wrote (changed, "
+                                 "replaced or linked); delete it to train it again")
         model, meta = load(path)
-        mine = {"attribute": attribute, "cohort": cohort.name, **asdict(config)}
-        stored = meta.get("config") if isinstance(meta.get("config"), dict) else {}
-        theirs = {"attribute": meta.get("attribute"), "cohort": meta.get("cohort"), **stored}
-        changed = [f"{k} {theirs.get(k)!r} → {v!r}" for k, v in mine.items() if theirs.get(k) != v]
-        if changed:
-            raise InputDataError(path, f"an earlier run trained this generator with other settings ({', '.join(changed)}); "
-                                 "run with its settings to resume, or choose another --out folder")
         train.close()
         yield Progress("reuse", 1, 1, path.name)
         return model, meta
     result = yield from train
+    record["generators"][path.name] = _sha256(path)
+    write_text_atomic(out / RECORD, json.dumps(record, indent=2) + "\n")
     return result["model"], result["meta"]
+
+
+def _open_output(out: Path, cohort: Cohort, mine: dict) -> dict:
+    """Prepare ``out``: a new or empty folder gets a record; one an earlier run wrote must have
+    been written from the same cohort and settings (else one line names what changed)."""
+    if "#" in str(out) or ";" in str(out):
+        raise InputDataError(out, "the output folder's path holds '#' or ';', which manifests use to name an array "
+                             "inside a file and to join channels; choose another folder")
+    refuse_overwriting_inputs(out, cohort)
+    if out.exists() and not out.is_dir():
+        raise InputDataError(out, "the output must be a folder, and this is a file")
+    entries = [p for p in out.iterdir() if p.name != ".fairseg-output"] if out.is_dir() else []
+    if entries:
+        record = read_record(out) if (out / RECORD).is_file() else None
+        if record is None:
+            raise InputDataError(out, "the output folder holds files fairseg synthesize did not write; choose an "
+                                 "empty folder")
+        changed = [f"{k} {record.get(k)!r} → {v!r}" for k, v in mine.items() if record.get(k) != v]
+        if changed:
+            what = "; ".join(c if not c.startswith("cohort_fingerprint") else "the cohort's training cases differ"
+                             for c in changed)
+            raise InputDataError(out, f"an earlier run wrote this folder with other settings or from another "
+                                 f"cohort ({what}); run with its settings to resume, or choose another --out folder")
+        if not isinstance(record.get("generators"), dict):
+            raise InputDataError(out / RECORD, "corrupt synthesize record (no generator hashes)")
+        return record
+    mark_output(out)
+    record = {"format": RECORD_FORMAT, **mine, "generators": {}}
+    write_text_atomic(out / RECORD, json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def _image_dtype(cohort: Cohort, case_id: str) -> np.dtype:
+    """The stored dtype of a case's image array (synthetic cases are written in it)."""
+    path, _, key = str(cohort.row(case_id)["image"]).partition(KEY_SEP)
+    with np.load(path, allow_pickle=False) as data:
+        return data[key].dtype
+
+
+def _pixels(img: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """A painted ``(C, H, W)`` image in the cohort's storage: its dtype (integers rounded and
+    clipped to the type's range), channels last when several (as FairSeg npz holds colour)."""
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        img = np.clip(np.rint(img), info.min, info.max)
+    out = img.astype(dtype if np.issubdtype(dtype, np.number) else np.float32)
+    return out[0] if len(out) == 1 else np.moveaxis(out, 0, -1)
 
 
 def synthesize_job(cohort: Cohort, attribute: str, per_group: int, out: str | Path, *,
@@ -122,15 +205,15 @@ def synthesize_job(cohort: Cohort, attribute: str, per_group: int, out: str | Pa
         The synthetic cohort (every case ``synthetic``, split ``train``).
     """
     if isinstance(per_group, bool) or not isinstance(per_group, int) or not 1 <= per_group <= 100_000:
-        raise ValueError(f"per_group must be a whole number 1 … 100000, got {per_group!r}")
+        raise ValueError(f"cases per group (--per-group) must be a whole number 1 … 100000, got {per_group!r}")
     masks = MaskGeneratorConfig(**{**asdict(masks or MaskGeneratorConfig()), "seed": seed})
     images = ImageGeneratorConfig(**{**asdict(images or ImageGeneratorConfig()), "seed": seed})
     _check_cohort(cohort, attribute)
     out = Path(out)
-    refuse_overwriting_inputs(out, cohort)
-    if out.exists() and any(out.iterdir()) and not is_output(out):
-        raise InputDataError(out, "the output folder holds files napari-fairseg did not write; choose an empty folder")
-    mark_output(out)
+    mine = {"cohort": cohort.name, "attribute": attribute, "seed": seed,
+            "cohort_fingerprint": fingerprint(cohort, attribute, min(masks.min_cases, images.min_cases)),
+            "masks": asdict(masks), "images": asdict(images)}
+    record = _open_output(out, cohort, mine)
 
     def staged(prefix, job):
         result = None
@@ -144,10 +227,11 @@ def synthesize_job(cohort: Cohort, attribute: str, per_group: int, out: str | Pa
 
     mask_model, mask_meta = yield from staged("masks", _generator(
         out / MASK_FILE, load_mask_generator, mask_generator_job(cohort, attribute, masks, out=out / MASK_FILE),
-        attribute=attribute, cohort=cohort, config=masks))
+        record, out))
     image_model, image_meta = yield from staged("images", _generator(
         out / IMAGE_FILE, load_image_generator, image_generator_job(cohort, attribute, images, out=out / IMAGE_FILE),
-        attribute=attribute, cohort=cohort, config=images))
+        record, out))
+    dtype = _image_dtype(cohort, generator_groups(cohort, attribute, masks.min_cases)[0][0])
     first = cohort.row(cohort.case_ids[0])
     image_key = str(first["image"]).split(KEY_SEP, 1)[-1]
     modality = "oct" if "oct" in image_key else "slo"
@@ -155,11 +239,19 @@ def synthesize_job(cohort: Cohort, attribute: str, per_group: int, out: str | Pa
     label_key = NPZ_LABEL_KEYS[modality][0]
     kind = kind_of(cohort)
     groups = mask_meta["groups"]
-    rows, done, total = [], 0, per_group * len(groups)
+    planned = [(k, g, i, _case_id(k, g, i)) for k, g in enumerate(groups) for i in range(per_group)]
+    row = {cid: {"case_id": cid, "image": f"{path_inside(out, cid + '.npz')}{KEY_SEP}{image_key}",
+                 "label": f"{path_inside(out, cid + '.npz')}{KEY_SEP}{label_key}", "split": "train", attribute: g,
+                 SYNTHETIC_COLUMN: True} for _, g, _, cid in planned}
+    done, total = 0, len(planned)
     for k, group in enumerate(groups):
         for start in range(0, per_group, BATCH):
             ids = [_case_id(k, group, i) for i in range(start, min(start + BATCH, per_group))]
             files = [path_inside(out, f"{cid}.npz") for cid in ids]
+            linked = [f.name for f in files if f.is_symlink() or (f.exists() and not f.is_file())]
+            if linked:
+                raise InputDataError(out, f"{linked[0]} is a link or not a file: a synthetic case is a file this "
+                                     "folder's run wrote; delete it to draw it again")
             if not all(f.is_file() for f in files):
                 # always a whole batch from the batch's own seed: case i is the same whatever per_group
                 batch_seed = int(np.random.SeedSequence([seed, k, start]).generate_state(1)[0])
@@ -168,16 +260,13 @@ def synthesize_job(cohort: Cohort, attribute: str, per_group: int, out: str | Pa
                 for f, mask, img in zip(files, drawn, painted, strict=False):
                     if f.is_file():  # written by an earlier run: kept
                         continue
-                    pixels = np.clip(np.rint(img), 0, 255).astype(np.uint8)
                     with atomic_path(f) as tmp, open(tmp, "wb") as fh:
-                        np.savez_compressed(fh, **{image_key: pixels[0] if len(pixels) == 1 else np.moveaxis(pixels, 0, -1),
-                                                   label_key: encode_label(mask, kind)})
-            for cid, f in zip(ids, files, strict=True):
-                rows.append({"case_id": cid, "image": f"{f}{KEY_SEP}{image_key}", "label": f"{f}{KEY_SEP}{label_key}",
-                             "split": "train", attribute: group, SYNTHETIC_COLUMN: True})
+                        np.savez_compressed(fh, **{image_key: _pixels(img, dtype), label_key: encode_label(mask, kind)})
+            for cid in ids:
                 done += 1
                 yield Progress("synthesize", done, total, cid)
-            _write(out, rows, cohort)
+            # every planned case whose file exists, this run's or an earlier one's: a stop keeps them all
+            _write(out, [row[cid] for *_, cid in planned if (out / f"{cid}.npz").is_file()], cohort)
     return open_cohort(out / MANIFEST_NAME)
 
 
@@ -193,19 +282,40 @@ def with_synthetic(cohort: Cohort, synthetic: Cohort | str | Path) -> Cohort:
     Raises
     ------
     InputDataError
-        The folder's cases are not all flagged synthetic, or are of another kind or classes,
-        or lack every attribute the real cohort's groups could be read from.
+        The folder was not written by :func:`synthesize_job` from this cohort (its record names
+        another cohort, or other training cases), its cases are not all flagged synthetic,
+        reference files outside the folder, or belong to groups the cohort does not have.
     """
     if not isinstance(synthetic, Cohort):
         synthetic = open_cohort(synthetic)
+    if synthetic.source is None:
+        raise InputDataError(None, "synthetic cases come from a folder fairseg synthesize wrote")
+    folder = Path(synthetic.source).parent
     flags = synthetic.cases.get(SYNTHETIC_COLUMN)
     if flags is None or not flags.all():
         raise InputDataError(synthetic.source, "not a synthetic cohort: its manifest must flag every case "
                              f"{SYNTHETIC_COLUMN}=true (write one with fairseg synthesize)")
-    shared = [a for a in synthetic.attributes if a in cohort.attributes]
-    if not shared:
-        raise InputDataError(synthetic.source, f"the synthetic cases have none of the cohort's attributes "
-                             f"{cohort.attributes}: they were generated from another cohort")
+    record = read_record(folder)
+    attribute = record.get("attribute")
+    if record.get("cohort") != cohort.name or attribute not in cohort.attributes:
+        raise InputDataError(folder, f"these cases were generated from cohort {record.get('cohort')!r} "
+                             f"(attribute {attribute!r}), not from {cohort.name!r}")
+    if record.get("cohort_fingerprint") != fingerprint(cohort, attribute, 1):
+        raise InputDataError(folder, f"these cases were generated from another version of {cohort.name!r} (its "
+                             "labelled training cases differ): generate them again from this cohort")
+    root = folder.resolve()
+    for ref in [*synthetic.cases["image"], *synthetic.cases["label"].dropna()]:
+        path = Path(str(ref).split(KEY_SEP, 1)[0]).resolve()
+        if not path.is_relative_to(root):
+            raise InputDataError(synthetic.source, f"a synthetic case refers to {path}, outside its folder: "
+                                 "synthetic cases are the files fairseg synthesize wrote there")
+    if attribute not in synthetic.cases.columns:
+        raise InputDataError(synthetic.source, f"the synthetic manifest has no {attribute!r} column")
+    known = set(bin_continuous(cohort.cases[attribute], name=attribute).dropna())  # the generators' group names
+    unknown = sorted(set(synthetic.cases[attribute].astype(str)) - known)
+    if unknown:
+        raise InputDataError(synthetic.source, f"synthetic cases of {attribute} {unknown[:5]}, a group the cohort "
+                             f"does not have ({sorted(known)})")
     real = cohort.cases.copy()
     real[SYNTHETIC_COLUMN] = False
     real_cohort = Cohort(real, cohort.kind, dict(cohort.classes), cohort.name, list(cohort.notes), cohort.source)

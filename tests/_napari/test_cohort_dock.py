@@ -180,7 +180,7 @@ def test_synthetic_cases_join_the_table_and_show_beside_real_ones(make_napari_vi
     assert len(viewer.layers) == 0
     dock.synthetic_edit.setText(str(tmp_path / "syn"))
     qtbot.keyClick(dock.synthetic_edit, Qt.Key.Key_Return)
-    assert dock.table.rowCount() == len(fundus) + len(made) and "6 of them synthetic" in dock.info.text()
+    assert dock.table.rowCount() == len(fundus) + len(made) and f"{len(fundus)} real + 6 synthetic" in dock.info.text()
     dock.attribute_combo.setCurrentText("origin")
     dock.value_combo.setCurrentText("synthetic")
     assert sorted(dock.visible_case_ids()) == sorted(made.case_ids)
@@ -191,6 +191,10 @@ def test_synthetic_cases_join_the_table_and_show_beside_real_ones(make_napari_vi
     qtbot.mouseClick(dock.gallery_button, Qt.MouseButton.LeftButton)
     image, masks = viewer.layers
     assert image.name == "gallery race = Black (top: real, bottom: synthetic)"
+    n_black = int((fundus.cases["race"] == "Black").sum())
+    assert viewer.text_overlay.visible and viewer.text_overlay.text == (
+        f"race = Black · top row: real (6 of {n_black}) · bottom row: synthetic (2 of 2)")
+    assert viewer.layers.selection.active is image  # a click does not paint on the gallery's masks
     shown = image.metadata["fairseg"]["gallery"]
     black = fundus.cases.loc[fundus.cases["race"] == "Black", "case_id"].tolist()
     assert shown["real"] == black[:6] and shown["synthetic"] == made.cases.loc[made.cases["race"] == "Black", "case_id"].tolist()
@@ -207,3 +211,5 @@ def test_synthetic_cases_join_the_table_and_show_beside_real_ones(make_napari_vi
     qtbot.mouseClick(dock.gallery_button, Qt.MouseButton.LeftButton)
     assert errors == ["Choose a subgroup first (e.g. race = Black), then Real vs synthetic"]
     assert [la.name for la in viewer.layers] == [image.name, masks.name]  # the gallery stays
+    dock.open_case(black[0])
+    assert not viewer.text_overlay.visible and [la.name for la in viewer.layers][0] == black[0]
