@@ -32,7 +32,7 @@ from ..models.image_diffusion import (
 )
 from ..options import IMAGE_GENERATOR
 from ..progress import Job, Progress
-from .mask_generator import check_generator_meta, generator_groups
+from .mask_generator import check_config, check_generator_meta, generator_groups
 
 FORMAT = "napari-fairseg-image-generator"
 
@@ -68,17 +68,9 @@ class ImageGeneratorConfig:
     seed: int = 0
 
     def __post_init__(self):
-        for name, top in (("size", 1024), ("width", 512), ("steps", 10**8), ("batch_size", 4096),
-                          ("sample_steps", 1000), ("min_cases", 10**6)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
-                raise ValueError(f"{name} must be a whole number 1 … {top}, got {value!r}")
+        check_config(self, size=1024, width=512, steps=10**8, batch_size=4096, sample_steps=1000, min_cases=10**6)
         if self.size % 4 or self.width % 8:
             raise ValueError(f"size must be a multiple of 4 and width of 8, got size {self.size}, width {self.width}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
-            raise ValueError(f"seed must be a whole number 0 … 2**63 - 1, got {self.seed!r}")
-        if not 0 < self.lr < float("inf"):
-            raise ValueError(f"lr must be > 0, got {self.lr}")
 
 
 def _resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

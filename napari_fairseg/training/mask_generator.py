@@ -65,13 +65,18 @@ class MaskGeneratorConfig:
     seed: int = 0
 
     def __post_init__(self):
-        for name, top in (("steps", 10**8), ("batch_size", 4096), ("width", 1024), ("n_points", MAX_POINTS),
-                          ("min_cases", 10**6)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
-                raise ValueError(f"{name} must be a whole number 1 … {top}, got {value!r}")
-        if not 0 < self.lr < float("inf"):
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        check_config(self, steps=10**8, batch_size=4096, width=1024, n_points=MAX_POINTS, min_cases=10**6)
+
+
+def check_config(config, **tops: int) -> None:
+    """A generator config's whole-number fields ``1 … top``, its ``seed`` and its ``lr`` (> 0)."""
+    for name, top in {**tops, "seed": 2**63 - 1}.items():
+        value = getattr(config, name)
+        low = 0 if name == "seed" else 1
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= top:
+            raise ValueError(f"{name} must be a whole number {low} … {top}, got {value!r}")
+    if isinstance(config.lr, bool) or not isinstance(config.lr, (int, float)) or not 0 < config.lr < float("inf"):
+        raise ValueError(f"lr must be a number > 0, got {config.lr!r}")
 
 
 def generator_groups(cohort: Cohort, attribute: str, min_cases: int) -> tuple[list[str], list[str], list[str]]:
