@@ -135,7 +135,7 @@ def test_audit_errors_name_the_missing_prediction(fundus_audit, tmp_path, capsys
     (tmp_path / "pred" / "data_00007.npz").unlink()
     rc = main(["--quiet", "audit", str(SAMPLE), "--predictions", str(tmp_path / "pred"), "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
-    assert rc == 2 and "data_00007.npz" in err and "no prediction" in err
+    assert rc == 2 and "data_00007.npz" in err and "no prediction" in err and "(--split test)" in err
     rc = main(["--quiet", "audit", str(SAMPLE), "--predictions", str(tmp / "pred"), "--attributes", "shoe_size",
                "--out", str(tmp_path / "o")])
     assert rc == 2 and "unknown attribute" in capsys.readouterr().err

@@ -154,7 +154,13 @@ def _metrics_stage(cohort: Cohort, predictions: str | Path, case_ids: list[str],
 def _case_metrics(cohort: Cohort, predictions: str | Path, case_id: str, config: AuditConfig) -> dict:
     """One row of ``per_case.csv`` (without the split and the attributes)."""
     case = load_case(cohort, case_id)
-    pred = load_prediction(cohort, predictions, case)
+    try:
+        pred = load_prediction(cohort, predictions, case)
+    except InputDataError as exc:
+        if config.split is None and "no prediction for case" in str(exc):  # predicted one split, audited all
+            raise InputDataError(exc.source, f"{exc.problem}; if the predictions cover one split only, audit that "
+                                 "split (--split test)") from None
+        raise
     m = overlap_metrics(pred[None], case.label[None], cohort.classes, empty_score=config.empty_score)
     row = {"case_id": case_id}
     for name, values in cohort.classes.items():
