@@ -153,3 +153,14 @@ def test_fairseg_audit_without_options_audits_with_the_configs_defaults():
         "attributes": lambda a: tuple(x.strip() for x in a.attributes.split(",") if x.strip())})
     assert cli == _defaults(AuditConfig(), cli)
     assert {"hd_mode", "empty_score", "min_support", "min_group_size", "n_boot", "std_ddof"} <= set(cli)
+
+
+def test_fairseg_synthesize_offers_the_generators_defaults():
+    from napari_fairseg.cli import build_parser
+    from napari_fairseg.training.image_generator import ImageGeneratorConfig
+    from napari_fairseg.training.mask_generator import MaskGeneratorConfig
+
+    args = build_parser().parse_args(["synthesize", "c", "--attribute", "race", "--per-group", "1", "--out", "o"])
+    images = ImageGeneratorConfig()
+    assert args.mask_steps == MaskGeneratorConfig().steps
+    assert (args.image_steps, args.size, args.width) == (images.steps, images.size, images.width)
