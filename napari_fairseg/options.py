@@ -48,6 +48,8 @@ HD_MODES = ("mm", "voxel", "none")
 BRAIN_FIELDS = ("caudate", "whole")
 #: ``fairseg sample brain --modality``: the T1 template, or a T2-weighted-like one from its tissue maps
 BRAIN_MODALITIES = ("t1", "t2")
+#: what moves an adapted model's translations to the source domain (``TrainConfig.uuds_translation``)
+UUDS_TRANSLATIONS = ("match", "prompt")
 #: who made an annotation version: a person, an accepted model pre-fill, an import
 LABEL_SOURCES = ("human", "model", "imported")
 

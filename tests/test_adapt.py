@@ -137,45 +137,58 @@ def _target_dice(model_result, target) -> float:
 
 @pytest.fixture(scope="module")
 def adapted_pair(tmp_path_factory, domains):
-    """A source model (30 epochs) and its UUDS adaptation (15 epochs) on the small shift."""
+    """A source model (30 epochs), its UUDS adaptation (15 epochs) and, for a fair lower bound,
+    the source model trained 15 epochs more on the source alone (same learning rate)."""
     source, target = domains
     out = tmp_path_factory.mktemp("adapted")
     mc = model_config_for(source, network="unet", features=(8, 16))
     src = run_job(train_job(source, mc, TrainConfig(epochs=30, batch_size=4, seed=0, **FAST), out=out / "s.pt"))
-    adapted = run_job(adapt_job(source, target, TrainConfig(epochs=15, batch_size=4, seed=0, **{**FAST, "lr": 1e-3}),
-                                init=out / "s.pt", out=out / "a.pt"))
-    return src, adapted
+    more = TrainConfig(epochs=15, batch_size=4, seed=0, **{**FAST, "lr": 1e-3})
+    longer = run_job(train_job(source, config=more, init=out / "s.pt", out=out / "s45.pt"))
+    adapted = run_job(adapt_job(source, target, more, init=out / "s.pt", out=out / "a.pt"))
+    return src, longer, adapted
+
+
+def _prepared(cohort, pipeline, split):
+    import torch
+
+    from napari_fairseg.data.pipeline import prepare
+
+    ids = cohort.cases.loc[cohort.cases["split"] == split, "case_id"].tolist()
+    return torch.stack([torch.as_tensor(prepare(cohort, pipeline, c)["image"]).as_subclass(torch.Tensor) for c in ids])
 
 
 def test_adaptation_keeps_the_source_task_and_moves_translations_to_the_source_domain(domains, adapted_pair):
     """What the losses do measurably: the source task is kept (its validation Dice does not
-    drop), the target is not collapsed, and Eq. 2 draws translated target images towards the
-    domain prompt (their distance to it falls below the untranslated target's)."""
+    drop); translated target images' intensities lie closer to the source's than the target's
+    own (L_DM), and the translation changes them; Eq. 1 put the domain prompt nearer the source's
+    domain features than the target's; the ramp's target starts as is (no inversion)."""
     import torch
 
-    source, target = domains
-    src, adapted = adapted_pair
-    assert adapted.log["val_dice"].iloc[-1] >= src.log["val_dice"].iloc[-1] - 0.02
-    assert _target_dice(adapted, target) > _target_dice(src, target) - 0.15  # (the plain decoder fell to 0.02)
-    from napari_fairseg.data.pipeline import Pipeline, prepare
+    from napari_fairseg.data.pipeline import Pipeline
+    from napari_fairseg.training.adaptation import distribution_loss
 
+    source, target = domains
+    src, _, adapted = adapted_pair
+    assert adapted.log["val_dice"].iloc[-1] >= src.log["val_dice"].iloc[-1] - 0.02
+    assert adapted.meta["uuds_start"]["gain"] == [1.0]
     pipeline = Pipeline.from_json(adapted.meta["pipeline"])
-    ids = target.cases.loc[target.cases["split"] == "test", "case_id"].tolist()
-    x = torch.stack([torch.as_tensor(prepare(target, pipeline, c)["image"]).as_subclass(torch.Tensor) for c in ids])
+    xt, xs = _prepared(target, pipeline, "test"), _prepared(source, pipeline, "val")
     net = adapted.model.eval()
     with torch.no_grad():
-        translated, _, g_t = net.translate(x)
-        _, d_ts = net.encoder(translated)
+        translated, _, g_t = net.translate(xt)
+        _, _, g_s = net.translate(xs)
+        assert float(distribution_loss(translated, xs)) < 0.7 * float(distribution_loss(xt, xs))
+        assert float((translated - xt).abs().mean()) > 0.05
         prompt = net.adapt.prompt
         dist = lambda g: float((1 - torch.nn.functional.cosine_similarity(g, prompt[None])).mean())  # noqa: E731
-        assert dist(d_ts.flatten(2).mean(-1)) < dist(g_t) - 0.1
-        assert float((translated - x).abs().mean()) > 0.01  # the translation changes the image
+        assert dist(g_s) < dist(g_t) - 0.1
 
 
-@pytest.mark.xfail(strict=True, reason="measured, not yet achieved: on this shift UUDS lowers target Dice "
-                   "(0.57 source only -> 0.51 adapted; pseudo-labels only 0.48); issue 13 stays open")
 def test_adaptation_raises_target_dice_over_source_only(domains, adapted_pair):
-    """The direction seed 002 promises, on a small shift within a CI budget."""
+    """The direction seed 002 promises, on a small shift (an intensity ramp and a dimmer disc)
+    within a CI budget: above the source model trained as long on the source alone."""
     _, target = domains
-    src, adapted = adapted_pair
-    assert _target_dice(adapted, target) > _target_dice(src, target) + 0.05
+    src, longer, adapted = adapted_pair
+    lower = max(_target_dice(src, target), _target_dice(longer, target))
+    assert _target_dice(adapted, target) > lower + 0.10

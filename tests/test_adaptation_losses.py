@@ -1,4 +1,5 @@
-"""Seed 002's losses (UUDS Eq. 1–2, 4, 9) against hand computations, values and gradients."""
+"""Seed 002's losses (UUDS Eq. 1–2, 4, 9), our distribution matching and the start polarity,
+against hand computations, values and gradients."""
 
 import math
 
@@ -7,8 +8,10 @@ import torch
 
 from napari_fairseg.training.adaptation import (
     batch_contrastive_loss,
+    distribution_loss,
     domain_distillation_loss,
     identity_loss,
+    start_polarity,
     uuds_loss,
 )
 
@@ -80,3 +83,48 @@ def test_identity_and_total():
                                          ("pseudo", 4.0), ("supervised", 5.0), ("identity", 6.0))}
     assert uuds_loss(**t).item() == 21.0  # the paper's weights: all 1
     assert uuds_loss(**t, alpha=0.5, beta=2, gamma=0.1, lam=0).item() == pytest.approx(1.5 + 6 + 0.9)
+
+
+def test_distribution_matching_by_hand():
+    """L_DM is the 1D Wasserstein-1 distance of the intensities, per channel (a shift by c costs |c|)."""
+    x = torch.tensor([[[0.0, 1.0, 2.0, 3.0]]])                          # (1, 1, 4)
+    assert distribution_loss(x + 0.5, x, levels=4).item() == pytest.approx(0.5)
+    # the order of the values does not matter, only their distribution
+    assert distribution_loss(x.flip(-1), x, levels=4).item() == pytest.approx(0.0)
+    # nearest order statistics: levels 0, 1/3, 2/3, 1 of {0,1,2,3} against {0,0,0,6}
+    other = torch.tensor([[[6.0, 0.0, 0.0, 0.0]]])
+    assert distribution_loss(x, other, levels=4).item() == pytest.approx((0 + 1 + 2 + 3) / 4)
+    # batches of different sizes and channels averaged: channel 2 differs by 2, channel 1 by 0
+    a = torch.stack([x[0, 0], x[0, 0] + 2])[None]                       # (1, 2, 4)
+    b = torch.cat([a, a])                                               # (2, 2, 4)
+    assert distribution_loss(a, b - torch.tensor([0.0, 2.0])[None, :, None], levels=4).item() == pytest.approx(1.0)
+    # the gradient moves each value toward its quantile's counterpart: a descent step lowers it
+    t = (x * 2).requires_grad_(True)
+    loss = distribution_loss(t, x, levels=4)
+    loss.backward()
+    assert torch.allclose(t.grad, torch.tensor([[[0.0, 1.0, 1.0, 1.0]]]) / 4)
+    assert distribution_loss((t - 0.5 * t.grad).detach(), x, levels=4) < loss
+    for bad, match in (((x, torch.zeros(1, 2, 4)), "channel counts differ"),):
+        with pytest.raises(ValueError, match=match):
+            distribution_loss(*bad)
+    with pytest.raises(ValueError, match="levels"):
+        distribution_loss(x, x, levels=1)
+
+
+def test_start_polarity_inverts_only_a_mirrored_distribution():
+    """A skewed source (few bright voxels) against its mirror image starts inverted; a target
+    that is the source plus a ramp, or the source itself, starts as is."""
+    g = torch.Generator().manual_seed(0)
+    source = torch.cat([torch.randn(1, 1, 900, generator=g) * 0.1, 3 + torch.randn(1, 1, 100, generator=g) * 0.1], -1)
+    mirrored = 1.0 - source
+    gain, offset, record = start_polarity(source, mirrored)
+    assert gain == [-1.0] and offset[0] == pytest.approx(float(source.mean() + mirrored.mean()))
+    assert record["inverted"][0] < 0.05 < record["as_is"][0]
+    assert torch.allclose(offset[0] - mirrored, source, atol=1e-5)  # the inverted start is the source again
+    ramp = source + torch.linspace(0, 1, 1000)
+    for target in (ramp, source):
+        gain, offset, _ = start_polarity(source, target)
+        assert (gain, offset) == ([1.0], [0.0])
+    # per channel: only the mirrored channel flips
+    gain, _, _ = start_polarity(torch.cat([source, source], 1), torch.cat([source, mirrored], 1))
+    assert gain == [1.0, -1.0]

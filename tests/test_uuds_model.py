@@ -41,6 +41,63 @@ def test_an_adapted_network_predicts_and_returns_every_training_term(dims):
         assert not torch.allclose(net(x), net.segmenter(net.translate(x)[0]))
 
 
+def test_target_pseudo_labels_reach_the_translator_only():
+    """L_useg on target_logits moves the translator (encoder, DAM, decoder), never the
+    segmenter or the prompt head: self-training them confirmed the source model's errors."""
+    torch.manual_seed(0)
+    net = build_network(_config(2))
+    with torch.no_grad():
+        net.prompt.gate.fill_(1.0)
+        net.decoder.out.weight.normal_(0, 0.1)  # a translation that depends on the image
+    out = net(torch.randn(2, 1, 16, 16), target=torch.randn(2, 1, 16, 16))
+    out["target_logits"].sum().backward()
+    for part in ("segmenter", "prompt"):
+        assert all(p.grad is None for p in getattr(net, part).parameters()), part
+    assert all(p.grad is not None for p in net.decoder.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.encoder.parameters())
+
+
+def test_translation_is_a_smooth_gain_and_offset_that_keeps_structure():
+    """x^{t→s} = x ⊙ (1 + a) + b with a, b interpolated from S/4: identity at the start, and
+    wherever the image is constant the translation is constant up to the smooth fields."""
+    torch.manual_seed(0)
+    net = build_network(_config(2))
+    x = torch.randn(2, 1, 16, 16)
+    assert torch.equal(net.translate(x)[0], x)  # the decoder's last convolution starts at zero
+    with torch.no_grad():
+        net.decoder.out.weight.normal_(0, 0.5)
+        net.decoder.out.bias.copy_(torch.tensor([0.5, -1.0]))
+        y = net.translate(x)[0]
+        fields = F.interpolate(net.decoder(net.adapt(*net.encoder(x))), size=(16, 16), mode="bilinear",
+                               align_corners=False)
+    assert torch.allclose(y, x * (1 + fields[:, :1]) + fields[:, 1:], atol=1e-6)
+    # the fields vary slowly: neighbouring pixels differ far less than the image's own pixels do
+    step = (fields[..., 1:] - fields[..., :-1]).abs().mean()
+    assert step < 0.5 * (x[..., 1:] - x[..., :-1]).abs().mean()
+
+
+def test_the_target_pre_map_inverts_targets_at_inference_and_is_saved(tmp_path):
+    """start_translation sets gain · x + offset for target images (inference and the target
+    branch), not the source reconstruction; it travels in the checkpoint."""
+    torch.manual_seed(0)
+    cfg = _config(2)
+    net = build_network(cfg).eval()
+    x = torch.randn(2, 1, 16, 16)
+    with torch.no_grad():
+        net.prompt.gate.fill_(1.0)
+        plain = net(x)
+        net.start_translation([-1.0], [0.5])
+        assert torch.allclose(net(x), net._segment(0.5 - x)[0], atol=1e-6)
+        assert not torch.allclose(net(x), plain)
+        out = net(x, target=x)
+        assert torch.allclose(out["translated"], 0.5 - x) and torch.allclose(out["reconstruction"], x)
+    save_checkpoint(tmp_path / "a.pt", net, cfg, {"classes": {"object": [1]}})
+    with torch.no_grad():
+        assert torch.equal(load_checkpoint(tmp_path / "a.pt").build().eval()(x), net(x))
+    with pytest.raises(ValueError, match="one per channel"):
+        net.start_translation([-1.0, 1.0], [0.0, 0.0])
+
+
 def test_ablations_drop_their_parts():
     plain = build_network(_config(domain_prompt=False, segmentation_prompt=False))
     assert plain.adapt.prompt is None and plain.prompt is None

@@ -17,21 +17,23 @@ downloaded here, and the issue makes a local CLIP optional — it is not impleme
   the softmax runs over positions and weights each position of ``Nor(V)``: we multiply by the
   number of positions, so that uniform attention is the identity, which keeps ``x^d``
   ``(B, W, *S/4)``. Without a domain prompt (the ablation) ``x^d = Nor(V)``;
-- a **decoder** (two ×2 transposed convolutions with residual units) giving the target→source
-  translation ``x^{t→s}`` and the source reconstruction ``x̃^s``; the segmenter sees
-  ``x^{t→s}``. The decoder predicts a *correction* added to its input image, its last
-  convolution initialised to zero: translation starts as the identity, so an adapted model
-  starts as its source model (with the paper's plain decoder, a source model adapted with
-  ``--from`` first segments the random decoder's output and self-training on that garbage
-  collapsed it: target Dice 0.57 → 0.02 in our first directional test). ``L_id`` then keeps
-  the source's correction near zero;
+- a **decoder** (residual units at ``S/4``) giving the target→source translation ``x^{t→s}``
+  and the source reconstruction ``x̃^s``; the segmenter sees ``x^{t→s}``. Unlike the paper's
+  image decoder, ours outputs two smooth fields, a gain ``a`` and an offset ``b`` per channel,
+  interpolated to the image's size: ``x^{t→s} = x ⊙ (1 + a) + b``. The translation can change
+  contrast (an inversion included) and a bias field but cannot add or move structure: with the
+  paper's image decoder our from-scratch encoder was satisfied by chequerboard patterns that
+  left the target's shift in place (README › Benchmarks › Cross-domain adaptation). The last
+  convolution starts at zero, so translation starts as the identity and an adapted model as
+  its source model; ``L_id`` keeps the source's fields near zero;
 - the **segmentation prompt** ``T^s``: ``M`` learnable context vectors (CoOp style) fused with
-  the normalised content ``Nor(X_c)`` by a segmentation attention module (each context vector
-  attends over positions, Q from the context, K and V from the content, as in Eq. 3); their
-  mean is the image's prompt token, whose MLP projection ``z`` enters the in-batch contrast
-  (Eq. 4) and whose per-class linear maps dot each position of ``Nor(X_c)`` (SAM's mask head)
-  into logits added to the segmenter's, with a learnable gate that starts at 0: an adapted
-  model starts as its source model.
+  the normalised content ``Nor(X_c)`` of the image being segmented (at inference, the
+  translation) by a segmentation attention module (each context vector attends over
+  positions, Q from the context, K and V from the content, as in Eq. 3); their mean is the
+  image's prompt token, whose MLP projection ``z`` enters the in-batch contrast (Eq. 4) and
+  whose per-class linear maps dot each position of ``Nor(X_c)`` (SAM's mask head) into logits
+  added to the segmenter's, with a learnable gate that starts at 0: an adapted model starts as
+  its source model.
 
 ``forward(x)`` is inference: segmenter(translate(x)) + gate · prompt logits, ``(B, K, *S)``.
 ``forward(x_source, target=x_target)`` returns every term seed 002's total loss needs.
@@ -173,26 +175,20 @@ class DomainAdaptation(nn.Module):
 
 
 class Decoder(nn.Module):
-    """``x^d (B, W, *S/4)`` → an image ``(B, C, *S)`` (two ×2 up-samplings with residual units)."""
+    """``x^d (B, W, *S/4)`` → a smooth gain and offset ``(B, 2C, *S/4)`` (residual units at S/4)."""
 
     def __init__(self, spatial_dims: int, out_channels: int, width: int):
         super().__init__()
         conv = _conv(spatial_dims)
-        up = nn.ConvTranspose3d if spatial_dims == 3 else nn.ConvTranspose2d
-        self.blocks = nn.ModuleList()
-        for _ in range(2):
-            self.blocks.append(nn.ModuleDict({
-                "up": up(width, width, 2, stride=2),
-                "res": nn.Sequential(conv(width, width, 3, padding=1), nn.LeakyReLU(0.1),
-                                     conv(width, width, 3, padding=1))}))
-        self.out = conv(width, out_channels, 1)
+        self.blocks = nn.ModuleList([nn.Sequential(conv(width, width, 3, padding=1), nn.LeakyReLU(0.1),
+                                                   conv(width, width, 3, padding=1)) for _ in range(2)])
+        self.out = conv(width, 2 * out_channels, 1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
-            x = block["up"](x)
-            x = F.leaky_relu(x + block["res"](x), 0.1)
+            x = F.leaky_relu(x + block(x), 0.1)
         return self.out(x)
 
 
@@ -236,17 +232,45 @@ class UUDSNet(nn.Module):
         self.decoder = Decoder(spatial_dims, in_channels, w)
         self.prompt = (SegmentationPrompt(spatial_dims, w, options.context, out_channels)
                        if options.segmentation_prompt else None)
+        self.register_buffer("target_map", torch.tensor([[1.0] * in_channels, [0.0] * in_channels]))
+
+    def start_translation(self, gain, offset) -> None:
+        """Set the target images' intensity pre-map, ``gain · x + offset`` per channel, applied
+        before the learned translation (:func:`~napari_fairseg.training.adaptation.start_polarity`
+        chooses it; the identity by default). It is part of the model: an adapted model segments
+        target-domain images."""
+        c = self.target_map.shape[1]
+        if len(gain) != c or len(offset) != c:
+            raise ValueError(f"gain and offset need {c} value(s), one per channel")
+        with torch.no_grad():
+            self.target_map.copy_(torch.tensor([list(gain), list(offset)], dtype=torch.float32))
+
+    def _premap(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        return x * self.target_map[0].reshape(shape).to(x.dtype) + self.target_map[1].reshape(shape).to(x.dtype)
 
     def translate(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``x`` as a source-domain image, its content features and its global domain feature."""
-        content, domain = self.encoder(x)
-        return x + self.decoder(self.adapt(content, domain)), content, domain.flatten(2).mean(-1)
+        """``x`` as a source-domain image, its content features and its global domain feature.
 
-    def _segment(self, image: torch.Tensor, content: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Segmenter logits of ``image`` plus the prompt head's on ``content``, and ``z``."""
+        ``x^{t→s} = x ⊙ (1 + a) + b`` with the gain ``a`` and offset ``b`` the decoder's two
+        fields at ``S/4``, interpolated (linearly) to ``x``'s size: a smooth, per-channel
+        intensity correction that cannot add or move structure.
+        """
+        content, domain = self.encoder(x)
+        field = self.decoder(self.adapt(content, domain))
+        field = F.interpolate(field, size=x.shape[2:], mode="trilinear" if x.ndim == 5 else "bilinear",
+                              align_corners=False)
+        gain, offset = field.chunk(2, dim=1)
+        return x * (1 + gain) + offset, content, domain.flatten(2).mean(-1)
+
+    def _segment(self, image: torch.Tensor, content: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Segmenter logits of ``image`` plus the prompt head's on ``image``'s content features
+        (``content`` when already computed), and ``z``."""
         logits = self.segmenter(image)
         if self.prompt is None:
             return logits, None
+        content = self.encoder(image)[0] if content is None else content
         z, extra = self.prompt(content, logits.shape[2:])
         return logits + extra, z
 
@@ -254,24 +278,34 @@ class UUDSNet(nn.Module):
         """Inference logits ``(B, K, *S)`` of ``x``; with ``target``, the training terms.
 
         With ``target`` (``x`` the labelled source batch), returns a dict: ``source_logits``
-        (of ``x`` itself, for ``L_seg``), ``target_logits`` (of ``x^{t→s}``, for ``L_useg``),
-        ``z`` (source prompt embeddings or ``None``), ``reconstruction`` (``x̃^s``),
-        ``translated`` (``x^{t→s}``) and the global domain features ``g_source``, ``g_target``,
-        ``g_translated`` (through the encoder with its weights held: its gradient reaches the
-        translator only) with the ``prompt`` ``T^d`` (``None`` without a domain prompt).
+        (of ``x`` itself, for ``L_seg``), ``target_logits`` (of ``x^{t→s}``, for ``L_useg``,
+        through the segmentation branch with its weights held: the pseudo-labels train the
+        translator only), ``z`` (source prompt embeddings or ``None``), ``reconstruction``
+        (``x̃^s``), ``translated`` (``x^{t→s}``) and the global domain features ``g_source``,
+        ``g_target``, ``g_translated`` (through the encoder with its weights held: its gradient
+        reaches the translator only) with the ``prompt`` ``T^d`` (``None`` without a domain prompt).
         """
         if target is None:
-            translated, content, _ = self.translate(x)
-            return self._segment(translated, content)[0]
+            return self._segment(self.translate(self._premap(x))[0])[0]
         reconstruction, c_s, g_s = self.translate(x)
-        translated, c_t, g_t = self.translate(target)
+        translated, _, g_t = self.translate(self._premap(target))
         # Eq. 2 trains the translator only: the encoder judges x^{t→s} with its weights held
         # (Eq. 1 trains it and the prompt to tell source from target), else encoder and translator
         # could agree on features that call any translation "source" without changing the image
-        frozen = {k: v.detach() for k, v in self.encoder.named_parameters()}
-        _, d_ts = torch.func.functional_call(self.encoder, frozen, (translated,))
+        _, d_ts = _held(self.encoder, translated)
         source_logits, z = self._segment(x, c_s)
-        target_logits, _ = self._segment(translated, c_t)
+        # self-training the segmenter on its own target predictions confirmed its errors (README
+        # › Benchmarks › Cross-domain adaptation): the target's pseudo-labels move the translator
+        target_logits = _held(self.segmenter, translated)
+        if self.prompt is not None:
+            target_logits = target_logits + _held(self.prompt, _held(self.encoder, translated)[0],
+                                                   target_logits.shape[2:])[1]
         return {"source_logits": source_logits, "target_logits": target_logits, "z": z,
                 "reconstruction": reconstruction, "translated": translated, "g_source": g_s, "g_target": g_t,
                 "g_translated": d_ts.flatten(2).mean(-1), "prompt": self.adapt.prompt}
+
+
+def _held(module: nn.Module, *args):
+    """``module(*args)`` with its parameters detached: gradients reach the inputs only."""
+    held = {k: v.detach() for k, v in module.named_parameters()}
+    return torch.func.functional_call(module, held, args)

@@ -10,7 +10,8 @@ This module holds the terms that are not a segmentation loss: the domain-distill
 :func:`batch_contrastive_loss` (Eq. 4) and the identity loss :func:`identity_loss` (Eq. 9);
 :func:`uuds_loss` sums them with the weights. ``L_useg`` (Eq. 5–8) is
 :func:`~.losses.pseudo_label_loss`, ``L_seg`` the supervised :func:`~.losses.per_case_loss`.
-The networks that produce the features are not here yet (issue 13).
+The networks that produce the features are :mod:`napari_fairseg.models.uuds`. One term is ours,
+not the paper's: :func:`distribution_loss` (``L_DM``), which by default takes Eq. 2's place.
 
 Reading of the paper where it is ambiguous (written down, as issue 13 asks):
 
@@ -85,9 +86,86 @@ def identity_loss(reconstructed: torch.Tensor, source: torch.Tensor) -> torch.Te
     return (reconstructed - source).abs().mean()
 
 
+def distribution_loss(translated: torch.Tensor, source: torch.Tensor, *, levels: int = 257) -> torch.Tensor:
+    """``L_DM``: per channel, the 1D Wasserstein-1 distance between the intensities of a
+    translated target batch and of a source batch, from their quantiles (mean over channels).
+
+    Not in seed 002: it replaces Eq. 2 as what moves translations to the source domain (see
+    ``TrainConfig.uuds_translation``). Its target, the source batch's intensity distribution, is
+    fixed, where Eq. 2's is a learned prompt in a from-scratch encoder's feature space that a
+    translation could satisfy without looking like the source. It is histogram matching
+    (Nyúl & Udupa 1999) made a loss: the gradient reaches ``translated`` through its sorted values.
+
+    Parameters
+    ----------
+    translated, source : torch.Tensor
+        ``(B, C, *S)`` and ``(B', C, *S')`` images (any sizes; the same channel count).
+    levels : int
+        Quantile levels, evenly spaced on [0, 1] (each the nearest order statistic).
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar, in the images' intensity units (for two batches whose values differ by a
+        constant ``c``, ``|c|``).
+    """
+    if translated.shape[1] != source.shape[1]:
+        raise ValueError(f"channel counts differ: {translated.shape[1]} vs {source.shape[1]}")
+    if levels < 2:
+        raise ValueError(f"levels must be >= 2, got {levels}")
+    q = torch.linspace(0, 1, levels, device=translated.device)
+
+    def quantiles(x: torch.Tensor) -> torch.Tensor:                       # (C, levels)
+        values = x.transpose(0, 1).flatten(1).sort(dim=1).values
+        return values[:, (q * (values.shape[1] - 1)).round().long()]
+
+    return (quantiles(translated) - quantiles(source)).abs().mean()
+
+
+#: the inverted start is taken when it lowers L_DM by at least this share of the identity's
+POLARITY_MARGIN = 0.2
+
+
+def start_polarity(source: torch.Tensor, target: torch.Tensor) -> tuple[list[float], list[float], dict]:
+    """The translation's starting gain and offset per channel: as is, or inverted.
+
+    A smooth gain-and-offset translation (:meth:`~napari_fairseg.models.uuds.UUDSNet.translate`)
+    cannot learn to invert contrast by descent: the way from gain +1 to −1 passes a flat image,
+    whose :func:`distribution_loss` is higher than either end (T2-like → T1 brain sample:
+    0.48 as is, 0.96 flat, 0.30 inverted). So each channel starts inverted (``−x + b``,
+    ``b`` matching the means) when that lowers ``L_DM`` against the source by at least
+    :data:`POLARITY_MARGIN` of its value as is; otherwise as is (the identity: an adapted model
+    starts as its source model).
+
+    Parameters
+    ----------
+    source, target : torch.Tensor
+        ``(B, C, *S)`` samples of prepared source and target images.
+
+    Returns
+    -------
+    gain, offset : list of float
+        Per channel: the multiplier (``1`` or ``−1``) and the offset added.
+    record : dict
+        ``{"as_is": [...], "inverted": [...]}``, ``L_DM`` per channel for each start.
+    """
+    gain, offset, record = [], [], {"as_is": [], "inverted": []}
+    for c in range(source.shape[1]):
+        s, t = source[:, c:c + 1].float(), target[:, c:c + 1].float()
+        b = float(s.mean() + t.mean())
+        as_is, inverted = float(distribution_loss(t, s)), float(distribution_loss(b - t, s))
+        record["as_is"].append(round(as_is, 4))
+        record["inverted"].append(round(inverted, 4))
+        flip = inverted < (1 - POLARITY_MARGIN) * as_is
+        gain.append(-1.0 if flip else 1.0)
+        offset.append(b if flip else 0.0)
+    return gain, offset, record
+
+
 def uuds_loss(*, dd_source: torch.Tensor, dd_translated: torch.Tensor, contrast: torch.Tensor,
               pseudo: torch.Tensor, supervised: torch.Tensor, identity: torch.Tensor,
               alpha: float = 1.0, beta: float = 1.0, gamma: float = 1.0, lam: float = 1.0) -> torch.Tensor:
     """Seed 002 §3.3's total: ``α(L_DD^s + L_DD^{t→s}) + β L_BSCL + γ(L_useg + L_seg) + λ L_id``
-    (the paper's weights are all 1)."""
+    (the paper's weights are all 1). With ``uuds_translation="match"``, ``dd_translated`` is
+    :func:`distribution_loss` in place of Eq. 2."""
     return alpha * (dd_source + dd_translated) + beta * contrast + gamma * (pseudo + supervised) + lam * identity

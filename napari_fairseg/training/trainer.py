@@ -47,9 +47,16 @@ from ..models.checkpoint import (
     save_checkpoint,
 )
 from ..models.networks import ModelConfig, build_network
-from ..options import TRAIN
+from ..options import TRAIN, UUDS_TRANSLATIONS
 from ..progress import Job, Progress
-from .adaptation import batch_contrastive_loss, domain_distillation_loss, identity_loss, uuds_loss
+from .adaptation import (
+    batch_contrastive_loss,
+    distribution_loss,
+    domain_distillation_loss,
+    identity_loss,
+    start_polarity,
+    uuds_loss,
+)
 from .losses import LOSSES, per_case_loss, pseudo_label_loss
 from .objectives import OBJECTIVES, Objective, make_objective
 
@@ -118,6 +125,12 @@ class TrainConfig:
     uuds_weights : tuple of 4 float
         Seed 002's α (domain distillation), β (in-batch contrast), γ (pseudo-label and
         supervised segmentation) and λ (identity) for an adapted model (:mod:`.adapt`).
+    uuds_translation : {"match", "prompt"}
+        What moves an adapted model's translations to the source domain (weighted by α):
+        ``"match"`` (default), :func:`.adaptation.distribution_loss` between translated target
+        and source intensities; ``"prompt"``, the paper's Eq. 2 (the translation's domain
+        feature drawn to the learned domain prompt), which on our measurements leaves the shift
+        in place (README › Benchmarks › Cross-domain adaptation).
     uncertainty_mask : bool
         Whether the pseudo-label loss keeps only voxels with uncertainty below ``chi`` (seed 002
         Eq. 6–7); false keeps every voxel (the paper's "without uncertainty" ablation).
@@ -149,6 +162,7 @@ class TrainConfig:
     cache: str | None = TRAIN["cache"]
     spacing: tuple[float, ...] | None = None
     uuds_weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
+    uuds_translation: str = "match"
     uncertainty_mask: bool = True
     tau: float = 0.07
 
@@ -173,6 +187,8 @@ class TrainConfig:
             raise ValueError("uuds_weights must be four finite weights >= 0, not all 0 (alpha, beta, gamma, "
                              f"lambda), got {self.uuds_weights}")
         object.__setattr__(self, "uuds_weights", weights)
+        if self.uuds_translation not in UUDS_TRANSLATIONS:
+            raise ValueError(f"uuds_translation must be one of {UUDS_TRANSLATIONS}, got {self.uuds_translation!r}")
         if not 0 < self.tau < float("inf"):
             raise ValueError(f"tau must be > 0, got {self.tau}")
         if not 0 < self.chi < float("inf"):
@@ -504,6 +520,19 @@ def _build_model(run: _Run) -> _Fit:
     return _Fit(model, run.dist.wrap(model), optimizer, scaler, predictor)
 
 
+def _start_translation(run: _Run, data: _Data, fit: _Fit, n: int = 8) -> None:
+    """A new adapted model's translation starts as is or inverted per channel
+    (:func:`.adaptation.start_polarity`, on up to ``n`` prepared cases of each cohort); the
+    choice is recorded in the checkpoint's ``meta["uuds_start"]``."""
+    def sample(cases):
+        idx = np.linspace(0, len(cases) - 1, min(n, len(cases))).round().astype(int)
+        return torch.cat([torch.as_tensor(_plain(cases[int(i)]["image"])).float().flatten(1) for i in idx], dim=1)[None]
+
+    gain, offset, record = start_polarity(sample(data.train.cases), sample(data.target.cases))
+    fit.model.start_translation(gain, offset)
+    run.meta["uuds_start"] = {"gain": gain, "offset": [round(b, 4) for b in offset], "distribution_loss": record}
+
+
 def _epoch_batches(run: _Run, epoch: int) -> tuple[list[list], list[list]]:
     """This rank's training batches of ``epoch`` and the pseudo-label batches beside them, as
     :data:`.data.Key` lists drawn from ``(seed, epoch)``."""
@@ -568,14 +597,17 @@ def _uuds_step_loss(run: _Run, fit: _Fit, ids: list[str], x: torch.Tensor, y: to
     pseudo, _kept = pseudo_label_loss(out["target_logits"], head=mc.head, chi=chi)
     zero = supervised.new_zeros(())
     dd_s = dd_ts = contrast = zero
+    if cfg.uuds_translation == "match":
+        dd_ts = distribution_loss(out["translated"].float(), x.to(device).float())
     if out["prompt"] is not None:
         n = min(len(out["g_source"]), len(out["g_target"]))
         g_t = out["g_target"][:n].float()
         dd_s = domain_distillation_loss(out["g_source"][:n].float(), g_t, out["prompt"].float(), tau=cfg.tau)
-        # Eq. 2 moves the translation towards the prompt; the prompt and the target's features
-        # are Eq. 1's to learn (see models/uuds.py)
-        dd_ts = domain_distillation_loss(out["g_translated"][:n].float(), g_t.detach(),
-                                         out["prompt"].detach().float(), tau=cfg.tau)
+        if cfg.uuds_translation == "prompt":
+            # Eq. 2 moves the translation towards the prompt; the prompt and the target's
+            # features are Eq. 1's to learn (see models/uuds.py)
+            dd_ts = domain_distillation_loss(out["g_translated"][:n].float(), g_t.detach(),
+                                             out["prompt"].detach().float(), tau=cfg.tau)
     if out["z"] is not None:
         has_object = (y.flatten(1) > 0).any(dim=1).long()
         contrast = batch_contrastive_loss(out["z"].float(), has_object, tau=cfg.tau)
@@ -692,6 +724,8 @@ def train_job(cohort: Cohort, model_config: ModelConfig | None = None, config: T
                       val_ids=val_ids, init=init, resume=resume)
         data = yield from _load_data(run)
         fit = _build_model(run)
+        if "uuds" in run.model_config.extra and run.train_state is None:
+            _start_translation(run, data, fit)
         run.meta.update({"classes": cohort.classes, "cohort": cohort.name, "attributes": cohort.attributes,
                          "group_attribute": run.group_attribute, "device": describe(dist.device), "loss": run.loss,
                          "train_config": json.dumps(asdict(config)), "n_train": len(run.train_ids),
