@@ -162,13 +162,14 @@ def write_toy_cohort(out, *, n_major=12, n_minor=3, val=(6, 2), n_target=0, size
 
 
 def write_domain(out, *, domain: str, n_train=8, n_val=2, n_test=4, size=32, seed=0):
-    """Discs on a noisy field, two groups; ``domain`` ``source`` (bright disc, flat dark field)
-    or ``target`` (the same task under a strong left-to-right intensity ramp and a dimmer disc:
-    a shift that per-image normalisation does not undo). Written as PNGs with a manifest."""
+    """Discs on a noisy field, two groups; ``domain`` ``source`` (bright disc, flat dark field),
+    ``target`` (the same task under a strong left-to-right intensity ramp and a dimmer disc:
+    a shift that per-image normalisation does not undo) or ``inverted`` (a dark disc on a bright
+    field, as T1 and T2 swap tissue brightness). Written as PNGs with a manifest."""
     import pandas as pd
     from PIL import Image
 
-    rng = np.random.default_rng([seed, 0 if domain == "source" else 1])
+    rng = np.random.default_rng([seed, ("source", "target", "inverted").index(domain)])
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     yy, xx = np.mgrid[:size, :size]
@@ -179,6 +180,8 @@ def write_domain(out, *, domain: str, n_train=8, n_val=2, n_test=4, size=32, see
         disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
         if domain == "source":
             img = np.where(disc, 0.7, 0.3)
+        elif domain == "inverted":
+            img = np.where(disc, 0.25, 0.75)
         else:
             img = np.where(disc, 0.55, 0.2) + 0.45 * xx / size
         img = np.clip(img + rng.normal(0, 0.05, disc.shape), 0, 1)

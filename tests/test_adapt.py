@@ -127,11 +127,12 @@ def test_cancel_keeps_the_last_complete_epoch_and_resume_continues(tmp_path, dom
         run_job(adapt_job(source, target, config, resume=tmp_path / "p.pt"))
 
 
-def _target_dice(model_result, target) -> float:
+def _target_dice(model, target) -> float:
+    """Mean test Dice on ``target`` of a checkpoint (a path or a run's result)."""
     from napari_fairseg.inference.predict import Predictor
 
     ids = target.cases.loc[target.cases["split"] == "test", "case_id"].tolist()
-    predictor = Predictor.from_checkpoint(load_checkpoint(model_result.checkpoint))
+    predictor = Predictor.from_checkpoint(load_checkpoint(getattr(model, "checkpoint", model)))
     return float(validate(predictor, target, ids)["dice"].mean())
 
 
@@ -192,3 +193,21 @@ def test_adaptation_raises_target_dice_over_source_only(domains, adapted_pair):
     src, longer, adapted = adapted_pair
     lower = max(_target_dice(src, target), _target_dice(longer, target))
     assert _target_dice(adapted, target) > lower + 0.10
+
+
+def test_an_inverted_target_starts_inverted_and_is_segmented(tmp_path, domains, adapted_pair, capsys):
+    """Contrast polarity (T1 → T2) is what the smooth translation cannot learn by descent: the
+    run starts the target inverted, says so, and segments it where the source model finds ~nothing."""
+    source, _ = domains
+    src, _, _ = adapted_pair
+    inverted = write_domain(tmp_path / "inverted", domain="inverted")
+    before = _target_dice(src, inverted)
+    code = main(["adapt", str(source.source.parent), str(inverted.source.parent), "--from", str(src.checkpoint),
+                 "--out", str(tmp_path / "inv.pt"), "--epochs", "2", "--lr", "1e-3", "--batch-size", "4",
+                 "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "target intensities are inverted before translation" in out, out
+    assert load_checkpoint(tmp_path / "inv.pt").meta["uuds_start"]["gain"] == [-1.0]
+    after = _target_dice(tmp_path / "inv.pt", inverted)
+    assert before < 0.2 and after > before + 0.5, (before, after)
