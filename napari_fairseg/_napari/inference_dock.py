@@ -280,12 +280,16 @@ class InferenceDock(JobDock):
         self.runner.start(job(), title="adapt", on_done=lambda layers: self._on_adapted(layers, out, target, case_id))
 
     def _on_adapted(self, layers, out: Path, target, case_id: str) -> None:
+        from ..models.checkpoint import load_checkpoint
+
         self.shown = show_layers(self.viewer, self.shown, layers)
         self.viewer.reset_view()
         self.model_combo.setCurrentText(FILE)
         self.model_path.setText(str(out))
-        self.status.setText(f"Adapted to {target.name}: {case_id} source only (left) and adapted (right), with "
-                            f"their entropy; checkpoint {out} selected")
+        start = load_checkpoint(out).meta.get("uuds_start", {})
+        inverted = " (target contrast inverted first)" if any(g < 0 for g in start.get("gain", [])) else ""
+        self.status.setText(f"Adapted to {target.name}{inverted}: {case_id} source only (left) and adapted (right), "
+                            f"with their entropy; checkpoint {out} selected")
 
     def _on_trained(self, result, out: Path) -> None:
         self.warning.hide()  # it spoke of the previous model

@@ -159,7 +159,7 @@ def test_inference_dock_adapts_to_a_target_cohort_and_compares(make_napari_viewe
     from tests.conftest import write_domain
 
     source = write_domain(tmp_path / "source", domain="source")
-    target = write_domain(tmp_path / "target", domain="target")
+    target = write_domain(tmp_path / "target", domain="inverted")  # dark discs on a bright field
     run_job(train_job(source, model_config_for(source, network="unet", features=(4, 8)),
                       TrainConfig(epochs=2, device="cpu", augment=False), out=tmp_path / "src.pt"))
     viewer = make_napari_viewer()
@@ -188,4 +188,5 @@ def test_inference_dock_adapts_to_a_target_cohort_and_compares(make_napari_viewe
     assert dock.model_combo.currentText() == FILE and Path(dock.model_path.text()) == out
     assert load_checkpoint(out).config.extra["uuds"]["target"] == target.name
     assert "source only (left) and adapted (right)" in dock.status.text()
+    assert "(target contrast inverted first)" in dock.status.text()
     shot(viewer, "inference_dock_adapt")
