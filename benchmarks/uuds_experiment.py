@@ -3,7 +3,9 @@
 For each seed: a source-only model (the lower bound) and a model trained with the target's
 labels (the upper bound); from the source model, pseudo-labels only (``--pseudo-label-split``,
 seed 002 Eq. 5–8 on the target images themselves), UUDS, and UUDS without the domain prompt /
-without the segmentation prompt / without uncertainty masking (the paper's Table 3). Every
+without the segmentation prompt / without uncertainty masking (the paper's Table 3), and UUDS
+with the paper's Eq. 2 in place of our distribution matching (``--translation prompt``), and
+UUDS's start alone (the target pre-map, as is or inverted, before any training). Every
 model is evaluated on the target cohort's *test* cases (their labels are read for this only):
 Dice, per-group Dice and ES-Dice. Prints a markdown table (mean ± std over seeds), the share of
 the gap recovered, and seconds per epoch; writes every run's row to ``<out>/results-<source>.csv``.
@@ -33,8 +35,8 @@ from napari_fairseg.progress import run_job
 from napari_fairseg.training.adapt import adapt_job, run_cohort
 from napari_fairseg.training.trainer import TrainConfig, train_job, validate
 
-METHODS = ("source only", "pseudo-labels only", "UUDS", "UUDS w/o domain prompt", "UUDS w/o segmentation prompt",
-           "UUDS w/o uncertainty", "supervised on target")
+METHODS = ("source only", "pseudo-labels only", "UUDS start only (no training)", "UUDS", "UUDS w/o domain prompt", "UUDS w/o segmentation prompt",
+           "UUDS w/o uncertainty", "UUDS with the paper's Eq. 2", "supervised on target")
 
 
 def cohorts(out: Path, n: int, source: str):
@@ -65,16 +67,22 @@ def _jobs(args, source, target, d: Path, base: dict, spacing) -> dict:
         return train_job(run_cohort(source, target), init=d / "source.pt", out=d / "pseudo.pt",
                          config=TrainConfig(epochs=args.adapt_epochs, pseudo_label_split="pool", **base))
 
-    def uuds(name, options, mask):
-        return lambda: adapt_job(source, target, TrainConfig(epochs=args.adapt_epochs, uncertainty_mask=mask, **base),
-                                 options=UUDSOptions(**options), init=d / "source.pt",
-                                 out=d / f"{name.replace(' ', '_').replace('/', '')}.pt")
+    def uuds(name, options, mask, translation="match"):
+        config = TrainConfig(epochs=args.adapt_epochs, uncertainty_mask=mask, uuds_translation=translation, **base)
+        return lambda: adapt_job(source, target, config, options=UUDSOptions(**options), init=d / "source.pt",
+                                 out=d / f"{name.replace(' ', '_').replace('/', '').replace('.', '')}.pt")
+
+    def start_only():  # the target pre-map and the source model, untouched: one epoch at a vanishing step
+        return adapt_job(source, target, TrainConfig(epochs=1, **{**base, "lr": 1e-12}), init=d / "source.pt",
+                         out=d / "start.pt")
 
     return {"source only": train(source, "source"), "supervised on target": train(target, "target"),
+            "UUDS start only (no training)": start_only,
             "pseudo-labels only": pseudo, "UUDS": uuds("UUDS", {}, True),
             "UUDS w/o domain prompt": uuds("UUDS w/o domain prompt", {"domain_prompt": False}, True),
             "UUDS w/o segmentation prompt": uuds("UUDS w/o segmentation prompt", {"segmentation_prompt": False}, True),
-            "UUDS w/o uncertainty": uuds("UUDS w/o uncertainty", {}, False)}
+            "UUDS w/o uncertainty": uuds("UUDS w/o uncertainty", {}, False),
+            "UUDS with the paper's Eq. 2": uuds("UUDS with the paper's Eq. 2", {}, True, "prompt")}
 
 
 def run(args) -> pd.DataFrame:
@@ -94,6 +102,7 @@ def run(args) -> pd.DataFrame:
             seconds = time.perf_counter() - t
             row = {"method": name, "seed": seed, "epochs": len(result.log),
                    "s_per_epoch": float(result.log["seconds"].mean()), "wall_s": seconds,
+                   "inverted": any(g < 0 for g in result.meta.get("uuds_start", {}).get("gain", [])),
                    **evaluate(result.checkpoint, target)}
             rows.append(row)
             print(f"seed {seed} {name:30s} Dice {row['dice']:.4f} ES-Dice {row['es_dice']:.4f} "
