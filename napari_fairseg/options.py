@@ -50,6 +50,8 @@ BRAIN_FIELDS = ("caudate", "whole")
 BRAIN_MODALITIES = ("t1", "t2")
 #: what moves an adapted model's translations to the source domain (``TrainConfig.uuds_translation``)
 UUDS_TRANSLATIONS = ("match", "prompt")
+#: how an adapted model's target pre-map starts (``TrainConfig.uuds_polarity``)
+UUDS_POLARITIES = ("auto", "as-is", "inverted")
 #: who made an annotation version: a person, an accepted model pre-fill, an import
 LABEL_SOURCES = ("human", "model", "imported")
 

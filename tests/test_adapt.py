@@ -119,8 +119,10 @@ def test_cancel_keeps_the_last_complete_epoch_and_resume_continues(tmp_path, dom
         run_job(adapt_job(source, target, config, model_config=mc, out=tmp_path / "a.pt"), on_progress=seen.append,
                 should_cancel=lambda: sum(e.stage == "epoch" for e in seen) == 1 and seen[-1].stage == "train")
     assert load_checkpoint(tmp_path / "a.pt").meta["epoch"] == 1
+    start = load_checkpoint(tmp_path / "a.pt").meta["uuds_start"]
     result = run_job(adapt_job(source, target, config, out=tmp_path / "a.pt", resume=tmp_path / "a.pt"))
     assert list(result.log["epoch"]) == [1, 2, 3]
+    assert load_checkpoint(tmp_path / "a.pt").meta["uuds_start"] == start  # chosen once, kept on resume
     with pytest.raises(InputDataError, match="not an adaptation run"):
         plain = run_job(train_job(source, mc, TrainConfig(epochs=1, **FAST), out=tmp_path / "p.pt"))
         assert plain.checkpoint
@@ -207,7 +209,20 @@ def test_an_inverted_target_starts_inverted_and_is_segmented(tmp_path, domains, 
                  "--device", "cpu"])
     out = capsys.readouterr().out
     assert code == 0
-    assert "target intensities are inverted before translation" in out, out
+    assert "target contrast inverted before translation (channel 0): its inverted intensities" in out, out
     assert load_checkpoint(tmp_path / "inv.pt").meta["uuds_start"]["gain"] == [-1.0]
     after = _target_dice(tmp_path / "inv.pt", inverted)
     assert before < 0.2 and after > before + 0.5, (before, after)
+    # validation runs on the source's cases without the target's inversion: the source task's figure
+    log = pd.read_csv(tmp_path / "inv.log.csv")
+    assert log["val_dice"].iloc[-1] >= src.log["val_dice"].iloc[-1] - 0.05, (log, src.log)
+    # the user can keep the contrast; fine-tuning an adapted model on labels alone is refused in one line
+    code, err = _cli(capsys, "adapt", source.source.parent, inverted.source.parent, "--from", src.checkpoint,
+                     "--out", tmp_path / "kept.pt", "--epochs", "1", "--polarity", "as-is", "--device", "cpu")
+    assert code == 0 and load_checkpoint(tmp_path / "kept.pt").meta["uuds_start"]["gain"] == [1.0], err
+    code, err = _cli(capsys, "train", inverted.source.parent, "--init", tmp_path / "inv.pt", "--out",
+                     tmp_path / "ft.pt", "--epochs", "1", "--device", "cpu")
+    assert code == 2 and "target cases beside every batch" in err and len(err.splitlines()) == 1, err
+    code, err = _cli(capsys, "adapt", source.source.parent, inverted.source.parent, "--from", src.checkpoint,
+                     "--out", tmp_path / "p.pt", "--translation", "prompt", "--no-domain-prompt")
+    assert code == 2 and "needs the domain prompt" in err and len(err.splitlines()) == 1, err

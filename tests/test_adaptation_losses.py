@@ -113,18 +113,40 @@ def test_distribution_matching_by_hand():
 
 def test_start_polarity_inverts_only_a_mirrored_distribution():
     """A skewed source (few bright voxels) against its mirror image starts inverted; a target
-    that is the source plus a ramp, or the source itself, starts as is."""
+    that is the source plus a ramp, plus an offset, the source itself, or the same contrast with
+    four times larger objects (a histogram that differs for another reason) starts as is."""
     g = torch.Generator().manual_seed(0)
-    source = torch.cat([torch.randn(1, 1, 900, generator=g) * 0.1, 3 + torch.randn(1, 1, 100, generator=g) * 0.1], -1)
+
+    def objects(share, n=1000):  # z-scored: `share` of the voxels bright, the rest dark, some noise
+        x = torch.cat([torch.zeros(round(n * (1 - share))), torch.ones(round(n * share))])
+        x = x + torch.randn(n, generator=g) * 0.05
+        return ((x - x.mean()) / x.std())[None, None]
+
+    source = objects(0.1)
     mirrored = 1.0 - source
     gain, offset, record = start_polarity(source, mirrored)
     assert gain == [-1.0] and offset[0] == pytest.approx(float(source.mean() + mirrored.mean()))
-    assert record["inverted"][0] < 0.05 < record["as_is"][0]
+    assert record["inverted"][0] < 0.05 < record["as_is"][0] and record["polarity"] == "auto"
     assert torch.allclose(offset[0] - mirrored, source, atol=1e-5)  # the inverted start is the source again
-    ramp = source + torch.linspace(0, 1, 1000)
-    for target in (ramp, source):
+    for target in (source + torch.linspace(0, 1, 1000), source + 5.0, source, objects(0.4)):
         gain, offset, _ = start_polarity(source, target)
         assert (gain, offset) == ([1.0], [0.0])
-    # per channel: only the mirrored channel flips
+    # per channel: only the mirrored channel flips; the user's choice overrides the measurement
     gain, _, _ = start_polarity(torch.cat([source, source], 1), torch.cat([source, mirrored], 1))
     assert gain == [1.0, -1.0]
+    assert start_polarity(source, mirrored, polarity="as-is")[0] == [1.0]
+    assert start_polarity(source, source, polarity="inverted")[0] == [-1.0]
+    for kwargs, match in (({"polarity": "flip"}, "polarity must be"),):
+        with pytest.raises(ValueError, match=match):
+            start_polarity(source, source, **kwargs)
+    with pytest.raises(ValueError, match="same C"):
+        start_polarity(torch.cat([source] * 3, 1), source)
+
+
+def test_distribution_matching_refuses_what_it_cannot_measure():
+    x = torch.randn(1, 1, 8)
+    for bad in (torch.randn(8), torch.zeros(0, 1, 8), torch.zeros(1, 1, 0), torch.ones(1, 1, 8, dtype=torch.long)):
+        with pytest.raises(ValueError, match="non-empty floating-point"):
+            distribution_loss(bad, x)
+    with pytest.raises(ValueError, match="whole number"):
+        distribution_loss(x, x, levels=2.5)

@@ -96,6 +96,31 @@ def test_the_target_pre_map_inverts_targets_at_inference_and_is_saved(tmp_path):
         assert torch.equal(load_checkpoint(tmp_path / "a.pt").build().eval()(x), net(x))
     with pytest.raises(ValueError, match="one per channel"):
         net.start_translation([-1.0, 1.0], [0.0, 0.0])
+    with pytest.raises(ValueError, match="finite"):
+        net.start_translation([float("nan")], [0.0])
+    # source images (validation on the source cohort) are segmented without the pre-map
+    with torch.no_grad(), net.on_source_images():
+        assert torch.allclose(net(x), plain)
+    with torch.no_grad():
+        assert torch.allclose(net(x), net._segment(0.5 - x)[0], atol=1e-6)  # and it is back after the block
+
+
+def test_damaged_or_older_adapted_checkpoints_are_refused_in_one_line(tmp_path):
+    torch.manual_seed(0)
+    cfg = _config(2)
+    save_checkpoint(tmp_path / "a.pt", build_network(cfg), cfg, {"classes": {"object": [1]}})
+    payload = torch.load(tmp_path / "a.pt", weights_only=True)
+    weights = payload["state_dict"]
+    older = {k: v for k, v in weights.items() if k != "target_map"}  # before the pre-map and the smooth fields
+    older["decoder.blocks.0.up.weight"] = torch.zeros(8, 8, 2, 2)
+    for name, state, match in (
+            ("older.pt", older, r"adapted \(fairseg adapt\) by an earlier version"),
+            ("nan.pt", {**weights, "target_map": torch.tensor([[float("nan")], [0.0]])}, "NaN or infinite"),
+            ("shape.pt", {**weights, "target_map": torch.ones(3, 1)}, "target_map")):
+        torch.save({**payload, "state_dict": state}, tmp_path / name)
+        with pytest.raises(InputDataError, match=match) as info:
+            load_checkpoint(tmp_path / name).build()
+        assert name in str(info.value) and len(str(info.value).splitlines()) == 1, str(info.value)
 
 
 def test_ablations_drop_their_parts():

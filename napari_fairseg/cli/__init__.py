@@ -33,6 +33,7 @@ from ..options import (
     TRAIN,
     TRAIN_LOSSES,
     UNCERTAINTY,
+    UUDS_POLARITIES,
     UUDS_TRANSLATIONS,
 )
 from .common import DEVICE_HELP, parse_floats, parse_ints, parse_names, run_with_bar
@@ -226,7 +227,7 @@ def _cmd_adapt(args) -> int:
         refuse_overwriting_inputs(path, target)
     weights = parse_floats(args.weights, 4, "--weights")
     config = _train_config(args, uuds_weights=weights, uncertainty_mask=not args.no_uncertainty,
-                           uuds_translation=args.translation)
+                           uuds_translation=args.translation, uuds_polarity=args.polarity)
     options = UUDSOptions(width=args.width, context=args.context, domain_prompt=not args.no_domain_prompt,
                           segmentation_prompt=not args.no_segmentation_prompt)
     model_config = None
@@ -242,12 +243,15 @@ def _cmd_adapt(args) -> int:
         print("note: the in-batch contrast (L_BSCL) was 0 in every epoch: each batch held only images with the "
               "object (or only without). Adapt a model that trains on patches (fairseg train --patch …) with "
               "--fg-prob below 1, or use larger batches, for it to act")
-    start = result.meta.get("uuds_start")
-    if start and any(g < 0 for g in start["gain"]):
-        dm = start["distribution_loss"]
-        print(f"target intensities are inverted before translation (channel(s) "
-              f"{[c for c, g in enumerate(start['gain']) if g < 0]}): the inverted target matches the source's "
-              f"intensity distribution better (L_DM {dm['inverted']} against {dm['as_is']} as is)")
+    start = result.meta.get("uuds_start") or {}
+    flipped = [c for c, g in enumerate(start.get("gain", [])) if g < 0]
+    if flipped:
+        dm = start.get("distribution_loss", {})
+        why = ("as --polarity inverted asks" if dm.get("polarity") == "inverted" else "its inverted intensities "
+               "match the source's better: L_DM " + ", ".join(f"{dm['inverted'][c]} against {dm['as_is'][c]} as is"
+                                                              for c in flipped) + "; --polarity as-is keeps it")
+        print(f"target contrast inverted before translation (channel{'s' if len(flipped) > 1 else ''} "
+              f"{', '.join(map(str, flipped))}): {why}")
     print(f"adapted {source.name} -> {target.name}: last epoch pseudo-label loss {last.get('pseudo_loss', float('nan')):.4f}, "
           f"identity {last.get('identity_loss', float('nan')):.4f} (validation is on the source: the target has no labels)")
     return 0
@@ -513,6 +517,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="what moves translations to the source domain: 'match' (default) matches their intensity "
                          "distribution to the source's; 'prompt' is the paper's Eq. 2 (the learned domain prompt), "
                          "which left the shift in place in our measurements")
+    ad.add_argument("--polarity", choices=UUDS_POLARITIES, default="auto",
+                    help="the target's contrast before translation: 'auto' inverts a channel when its inverted "
+                         "intensities match the source's far better (T1 vs T2); 'as-is' or 'inverted' decide")
     ad.add_argument("--patch", help="a new network (no --from): training crop size, e.g. 32,32,24")
     ad.add_argument("--fg-prob", type=float, default=TRAIN["fg_crop_prob"],
                     help="patch models: share of source crops centred on a labelled voxel (below 1, batches mix "

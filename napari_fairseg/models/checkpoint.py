@@ -60,11 +60,22 @@ class Checkpoint:
         """The network with these weights, on ``device``, in eval mode."""
         model = build_network(self.config)
         if self.state_dict is not None:
+            adapted = "uuds" in self.config.extra
             try:
                 model.load_state_dict(self.state_dict)
             except RuntimeError as exc:
-                raise InputDataError(self.path, f"weights do not fit the {self.config.network} network "
-                                     f"described in the checkpoint: {str(exc).splitlines()[0]}") from exc
+                if adapted and "target_map" not in self.state_dict:
+                    raise InputDataError(self.path, "this model was adapted (fairseg adapt) by an earlier version of "
+                                         "napari-fairseg, whose translator this version does not have: adapt its "
+                                         "source model again") from exc
+                problems = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
+                raise InputDataError(self.path, f"weights do not fit the {self.config.network} network"
+                                     f"{' (adapted)' if adapted else ''} described in the checkpoint: "
+                                     f"{(problems or [str(exc)])[0][:300]}") from exc
+            bad = [k for k, v in self.state_dict.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+            if bad:
+                raise InputDataError(self.path, f"the checkpoint's weights hold NaN or infinite values ({bad[:3]}): "
+                                     "the file is damaged or came from a run that diverged")
         return model.to(device).eval()
 
     @property

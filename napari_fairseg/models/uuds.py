@@ -44,6 +44,7 @@ of an adapted model rebuilds and predicts like any other.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
@@ -233,6 +234,7 @@ class UUDSNet(nn.Module):
         self.prompt = (SegmentationPrompt(spatial_dims, w, options.context, out_channels)
                        if options.segmentation_prompt else None)
         self.register_buffer("target_map", torch.tensor([[1.0] * in_channels, [0.0] * in_channels]))
+        self._source_images = False
 
     def start_translation(self, gain, offset) -> None:
         """Set the target images' intensity pre-map, ``gain · x + offset`` per channel, applied
@@ -242,10 +244,24 @@ class UUDSNet(nn.Module):
         c = self.target_map.shape[1]
         if len(gain) != c or len(offset) != c:
             raise ValueError(f"gain and offset need {c} value(s), one per channel")
+        if not all(math.isfinite(float(v)) for v in (*gain, *offset)):
+            raise ValueError(f"gain and offset must be finite, got {list(gain)} and {list(offset)}")
         with torch.no_grad():
             self.target_map.copy_(torch.tensor([list(gain), list(offset)], dtype=torch.float32))
 
+    @contextmanager
+    def on_source_images(self):
+        """Within this block the model segments *source*-domain images: the target pre-map is
+        off (validation on the source cohort); the learned translation stays."""
+        saved, self._source_images = self._source_images, True
+        try:
+            yield self
+        finally:
+            self._source_images = saved
+
     def _premap(self, x: torch.Tensor) -> torch.Tensor:
+        if self._source_images:
+            return x
         shape = (1, -1) + (1,) * (x.ndim - 2)
         return x * self.target_map[0].reshape(shape).to(x.dtype) + self.target_map[1].reshape(shape).to(x.dtype)
 

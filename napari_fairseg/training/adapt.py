@@ -139,6 +139,9 @@ def adapt_job(source: Cohort, target: Cohort, config: TrainConfig | None = None,
     cohort = run_cohort(source, target)
     config = config or TrainConfig()
     options = replace(options or UUDSOptions(), source=source.name, target=target.name)
+    if config.uuds_translation == "prompt" and not options.domain_prompt:
+        raise ValueError("translation 'prompt' (seed 002's Eq. 2) needs the domain prompt: use the default "
+                         "translation 'match' without a domain prompt, or keep the prompt")
     config = replace(config, pseudo_label_split=TARGET_SPLIT)
     if resume is not None:
         ckpt = load_checkpoint(resume)

@@ -109,10 +109,14 @@ def distribution_loss(translated: torch.Tensor, source: torch.Tensor, *, levels:
         Scalar, in the images' intensity units (for two batches whose values differ by a
         constant ``c``, ``|c|``).
     """
+    for name, x in (("translated", translated), ("source", source)):
+        if x.ndim < 3 or x.numel() == 0 or not x.is_floating_point():
+            raise ValueError(f"{name} must be a non-empty floating-point (B, C, *S) tensor, got "
+                             f"{x.dtype} of shape {tuple(x.shape)}")
     if translated.shape[1] != source.shape[1]:
         raise ValueError(f"channel counts differ: {translated.shape[1]} vs {source.shape[1]}")
-    if levels < 2:
-        raise ValueError(f"levels must be >= 2, got {levels}")
+    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
+        raise ValueError(f"levels must be a whole number >= 2, got {levels!r}")
     q = torch.linspace(0, 1, levels, device=translated.device)
 
     def quantiles(x: torch.Tensor) -> torch.Tensor:                       # (C, levels)
@@ -122,41 +126,51 @@ def distribution_loss(translated: torch.Tensor, source: torch.Tensor, *, levels:
     return (quantiles(translated) - quantiles(source)).abs().mean()
 
 
-#: the inverted start is taken when it lowers L_DM by at least this share of the identity's
-POLARITY_MARGIN = 0.2
+#: ``start_polarity(polarity="auto")`` inverts a channel when that lowers L_DM by at least this share
+POLARITY_MARGIN = 0.5
 
 
-def start_polarity(source: torch.Tensor, target: torch.Tensor) -> tuple[list[float], list[float], dict]:
-    """The translation's starting gain and offset per channel: as is, or inverted.
+def start_polarity(source: torch.Tensor, target: torch.Tensor, *, polarity: str = "auto"
+                   ) -> tuple[list[float], list[float], dict]:
+    """The target pre-map's gain and offset per channel: as is, or inverted.
 
     A smooth gain-and-offset translation (:meth:`~napari_fairseg.models.uuds.UUDSNet.translate`)
     cannot learn to invert contrast by descent: the way from gain +1 to −1 passes a flat image,
     whose :func:`distribution_loss` is higher than either end (T2-like → T1 brain sample:
-    0.48 as is, 0.96 flat, 0.30 inverted). So each channel starts inverted (``−x + b``,
-    ``b`` matching the means) when that lowers ``L_DM`` against the source by at least
-    :data:`POLARITY_MARGIN` of its value as is; otherwise as is (the identity: an adapted model
-    starts as its source model).
+    0.48 as is, 0.96 flat, 0.21–0.30 inverted). With ``polarity="auto"`` each channel starts
+    inverted (``b − x``, ``b`` matching the means) when that lowers ``L_DM`` against the source
+    to under ``1 −`` :data:`POLARITY_MARGIN` of the target's as is (its mean matched too, so
+    that a plain offset is not read as an inversion); otherwise as is (the identity: an adapted
+    model starts as its source model). Histograms also differ when objects are larger in one
+    cohort than in the other: the margin is wide, and ``"as-is"`` / ``"inverted"`` force the choice.
 
     Parameters
     ----------
     source, target : torch.Tensor
-        ``(B, C, *S)`` samples of prepared source and target images.
+        ``(B, C, *S)`` samples of prepared source and target images, the same ``C``.
+    polarity : {"auto", "as-is", "inverted"}
 
     Returns
     -------
     gain, offset : list of float
         Per channel: the multiplier (``1`` or ``−1``) and the offset added.
     record : dict
-        ``{"as_is": [...], "inverted": [...]}``, ``L_DM`` per channel for each start.
+        ``{"as_is": [...], "inverted": [...], "polarity": polarity}``: ``L_DM`` per channel of
+        each start (mean matched).
     """
-    gain, offset, record = [], [], {"as_is": [], "inverted": []}
+    if polarity not in ("auto", "as-is", "inverted"):
+        raise ValueError(f"polarity must be 'auto', 'as-is' or 'inverted', got {polarity!r}")
+    if source.ndim < 3 or target.ndim < 3 or source.shape[1] != target.shape[1]:
+        raise ValueError(f"source and target samples must be (B, C, *S) with the same C, got "
+                         f"{tuple(source.shape)} and {tuple(target.shape)}")
+    gain, offset, record = [], [], {"as_is": [], "inverted": [], "polarity": polarity}
     for c in range(source.shape[1]):
         s, t = source[:, c:c + 1].float(), target[:, c:c + 1].float()
-        b = float(s.mean() + t.mean())
-        as_is, inverted = float(distribution_loss(t, s)), float(distribution_loss(b - t, s))
+        shift, b = float(s.mean() - t.mean()), float(s.mean() + t.mean())
+        as_is, inverted = float(distribution_loss(t + shift, s)), float(distribution_loss(b - t, s))
         record["as_is"].append(round(as_is, 4))
         record["inverted"].append(round(inverted, 4))
-        flip = inverted < (1 - POLARITY_MARGIN) * as_is
+        flip = polarity == "inverted" or (polarity == "auto" and inverted < (1 - POLARITY_MARGIN) * as_is)
         gain.append(-1.0 if flip else 1.0)
         offset.append(b if flip else 0.0)
     return gain, offset, record

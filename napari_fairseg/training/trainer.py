@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import nullcontext
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -47,7 +48,7 @@ from ..models.checkpoint import (
     save_checkpoint,
 )
 from ..models.networks import ModelConfig, build_network
-from ..options import TRAIN, UUDS_TRANSLATIONS
+from ..options import TRAIN, UUDS_POLARITIES, UUDS_TRANSLATIONS
 from ..progress import Job, Progress
 from .adaptation import (
     batch_contrastive_loss,
@@ -131,6 +132,9 @@ class TrainConfig:
         and source intensities; ``"prompt"``, the paper's Eq. 2 (the translation's domain
         feature drawn to the learned domain prompt), which on our measurements leaves the shift
         in place (README › Benchmarks › Cross-domain adaptation).
+    uuds_polarity : {"auto", "as-is", "inverted"}
+        How a new adapted model's target pre-map starts (:func:`.adaptation.start_polarity`):
+        chosen per channel from the intensity distributions, or forced.
     uncertainty_mask : bool
         Whether the pseudo-label loss keeps only voxels with uncertainty below ``chi`` (seed 002
         Eq. 6–7); false keeps every voxel (the paper's "without uncertainty" ablation).
@@ -163,6 +167,7 @@ class TrainConfig:
     spacing: tuple[float, ...] | None = None
     uuds_weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
     uuds_translation: str = "match"
+    uuds_polarity: str = "auto"
     uncertainty_mask: bool = True
     tau: float = 0.07
 
@@ -189,6 +194,8 @@ class TrainConfig:
         object.__setattr__(self, "uuds_weights", weights)
         if self.uuds_translation not in UUDS_TRANSLATIONS:
             raise ValueError(f"uuds_translation must be one of {UUDS_TRANSLATIONS}, got {self.uuds_translation!r}")
+        if self.uuds_polarity not in UUDS_POLARITIES:
+            raise ValueError(f"uuds_polarity must be one of {UUDS_POLARITIES}, got {self.uuds_polarity!r}")
         if not 0 < self.tau < float("inf"):
             raise ValueError(f"tau must be > 0, got {self.tau}")
         if not 0 < self.chi < float("inf"):
@@ -520,15 +527,18 @@ def _build_model(run: _Run) -> _Fit:
     return _Fit(model, run.dist.wrap(model), optimizer, scaler, predictor)
 
 
-def _start_translation(run: _Run, data: _Data, fit: _Fit, n: int = 8) -> None:
+def _start_translation(run: _Run, data: _Data, fit: _Fit, n: int = 8, voxels: int = 2 ** 22) -> None:
     """A new adapted model's translation starts as is or inverted per channel
-    (:func:`.adaptation.start_polarity`, on up to ``n`` prepared cases of each cohort); the
-    choice is recorded in the checkpoint's ``meta["uuds_start"]``."""
+    (:func:`.adaptation.start_polarity`, on up to ``n`` prepared cases of each cohort, every
+    k-th voxel so that at most ``voxels`` per channel are sorted); the choice is recorded in the
+    checkpoint's ``meta["uuds_start"]``."""
     def sample(cases):
-        idx = np.linspace(0, len(cases) - 1, min(n, len(cases))).round().astype(int)
-        return torch.cat([torch.as_tensor(_plain(cases[int(i)]["image"])).float().flatten(1) for i in idx], dim=1)[None]
+        idx = np.unique(np.linspace(0, len(cases) - 1, min(n, len(cases))).round().astype(int))
+        values = torch.cat([torch.as_tensor(_plain(cases[int(i)]["image"])).float().flatten(1) for i in idx], dim=1)
+        return values[:, ::max(1, values.shape[1] // voxels)][None]
 
-    gain, offset, record = start_polarity(sample(data.train.cases), sample(data.target.cases))
+    gain, offset, record = start_polarity(sample(data.train.cases), sample(data.target.cases),
+                                          polarity=run.config.uuds_polarity)
     fit.model.start_translation(gain, offset)
     run.meta["uuds_start"] = {"gain": gain, "offset": [round(b, 4) for b in offset], "distribution_loss": record}
 
@@ -664,9 +674,12 @@ def _validate_epoch(run: _Run, fit: _Fit) -> Job[dict]:
     fit.model.eval()
     mine = run.dist.shard(run.val_ids)
     rows = []
-    for row in _case_rows(fit.predictor, run.cohort, mine, run.pipeline, workers=cfg.workers, cache=cfg.cache):
-        rows.append(row)
-        yield Progress("validate", len(rows), len(mine), row["case_id"])
+    # an adapted model validates on the source's cases: without the target's pre-map (an inversion)
+    source_view = getattr(fit.model, "on_source_images", nullcontext)
+    with source_view():
+        for row in _case_rows(fit.predictor, run.cohort, mine, run.pipeline, workers=cfg.workers, cache=cfg.cache):
+            rows.append(row)
+            yield Progress("validate", len(rows), len(mine), row["case_id"])
     order = {c: i for i, c in enumerate(run.val_ids)}
     rows = sorted((r for part in run.dist.gather(rows) for r in part), key=lambda r: order[r["case_id"]])
     val = _val_table(rows, run.cohort, run.attributes)
@@ -724,8 +737,12 @@ def train_job(cohort: Cohort, model_config: ModelConfig | None = None, config: T
                       val_ids=val_ids, init=init, resume=resume)
         data = yield from _load_data(run)
         fit = _build_model(run)
-        if "uuds" in run.model_config.extra and run.train_state is None:
-            _start_translation(run, data, fit)
+        if "uuds" in run.model_config.extra:
+            if run.init is not None and "uuds_start" in run.init.meta:
+                # resumed or fine-tuned: the start is in the weights already; keep its record
+                run.meta["uuds_start"] = run.init.meta["uuds_start"]
+            elif data.target is not None:  # a new adaptation (without target cases the step refuses)
+                _start_translation(run, data, fit)
         run.meta.update({"classes": cohort.classes, "cohort": cohort.name, "attributes": cohort.attributes,
                          "group_attribute": run.group_attribute, "device": describe(dist.device), "loss": run.loss,
                          "train_config": json.dumps(asdict(config)), "n_train": len(run.train_ids),
