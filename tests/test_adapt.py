@@ -90,7 +90,7 @@ def test_adapt_cli_writes_a_checkpoint_that_predict_uses(tmp_path, domains, caps
     uuds = ckpt.config.extra["uuds"]
     assert (uuds["source"], uuds["target"]) == (source.name, target.name) and ckpt.meta["epoch"] == 2
     log = pd.read_csv(tmp_path / "ad.log.csv")
-    assert {"pseudo_loss", "dd_loss", "contrast_loss", "identity_loss", "val_dice"} <= set(log.columns)
+    assert {"supervised_loss", "pseudo_loss", "dd_loss", "contrast_loss", "identity_loss", "val_dice"} <= set(log.columns)
     code, err = _cli(capsys, "predict", target.source.parent, "--model", tmp_path / "ad.pt", "--out", tmp_path / "pred",
                      "--device", "cpu")
     assert code == 0, err
@@ -210,7 +210,13 @@ def test_an_inverted_target_starts_inverted_and_is_segmented(tmp_path, domains, 
     out = capsys.readouterr().out
     assert code == 0
     assert "target contrast inverted before translation (channel 0): its inverted intensities" in out, out
-    assert load_checkpoint(tmp_path / "inv.pt").meta["uuds_start"]["gain"] == [-1.0]
+    ckpt = load_checkpoint(tmp_path / "inv.pt")
+    assert ckpt.meta["uuds_start"]["gain"] == [-1.0]
+    # the record of what inputs to expect (prediction's domain warnings) is the target's
+    from napari_fairseg.inference.domain import cohort_geometry
+
+    pool = inverted.cases.loc[inverted.cases["split"] == "train", "case_id"].tolist()
+    assert ckpt.meta["training_geometry"]["intensity"] == cohort_geometry(inverted, pool)["intensity"]
     after = _target_dice(tmp_path / "inv.pt", inverted)
     assert before < 0.2 and after > before + 0.5, (before, after)
     # validation runs on the source's cases without the target's inversion: the source task's figure

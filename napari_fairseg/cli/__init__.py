@@ -231,7 +231,10 @@ def _cmd_adapt(args) -> int:
     options = UUDSOptions(width=args.width, context=args.context, domain_prompt=not args.no_domain_prompt,
                           segmentation_prompt=not args.no_segmentation_prompt)
     model_config = None
-    if args.patch and not (args.init or args.resume):
+    if args.patch and (args.init or args.resume):
+        raise InputDataError(None, "--patch sizes a new network; with --from or --resume the model keeps its own "
+                             "(train the source model with --patch instead)")
+    if args.patch:
         from ..training import model_config_for
 
         model_config = model_config_for(source, patch_size=parse_ints(args.patch))
@@ -240,9 +243,10 @@ def _cmd_adapt(args) -> int:
     _report_training(result, config, args.out)
     last = result.log.iloc[-1] if len(result.log) else {}
     if "contrast_loss" in result.log and not result.log["contrast_loss"].any():
+        remedy = ("adapt a source model trained on patches (fairseg train --patch …) with --fg-prob below 1"
+                  if args.init or args.resume else "use --patch with --fg-prob below 1")
         print("note: the in-batch contrast (L_BSCL) was 0 in every epoch: each batch held only images with the "
-              "object (or only without). Adapt a model that trains on patches (fairseg train --patch …) with "
-              "--fg-prob below 1, or use larger batches, for it to act")
+              f"object (or only without). For it to act, {remedy}, or use larger batches")
     start = result.meta.get("uuds_start") or {}
     flipped = [c for c, g in enumerate(start.get("gain", [])) if g < 0]
     if flipped:

@@ -450,6 +450,9 @@ def _set_up(cohort: Cohort, model_config: ModelConfig | None, config: TrainConfi
         model_config = init.config
     if model_config is None:
         model_config = model_config_for(cohort)
+    if "uuds" in model_config.extra and not config.pseudo_label_split:
+        raise FairSegError("an adapted model trains with target cases beside every batch (pseudo_label_split): "
+                           "adapt its source model again with fairseg adapt, or fine-tune the source model")
     loss = config.resolved_loss(model_config.head)
     if loss == "bce" and model_config.head != "sigmoid":
         raise ValueError("loss 'bce' needs a sigmoid head; use 'dicece'")
@@ -487,9 +490,11 @@ def _load_data(run: _Run) -> Job[_Data]:
 
     cfg, cohort, dist = run.config, run.cohort, run.dist
     val = [c for c in run.val_ids if c not in set(run.train_ids)]
-    # (this rank's cases, labelled?, measure their geometry?)
-    parts = [(dist.shard(run.train_ids), True, True), (dist.shard(val), True, False),
-             (dist.shard(run.target_ids), False, False)]
+    # (this rank's cases, labelled?, measure their geometry?): an adapted model is for the
+    # target's images, so its record of what inputs to expect is the target's
+    adapted = "uuds" in run.model_config.extra
+    parts = [(dist.shard(run.train_ids), True, not adapted), (dist.shard(val), True, False),
+             (dist.shard(run.target_ids), False, adapted)]
     total, done, summaries = sum(len(p[0]) for p in parts), 0, {}
     for ids, with_label, measure in parts:
         cases = streams.preprocessed(cohort, ids, run.pipeline, with_label=with_label, cache=cfg.cache)
@@ -500,7 +505,8 @@ def _load_data(run: _Run) -> Job[_Data]:
             yield Progress("load", done, total, cid)
     summaries = {c: s for part in dist.gather(summaries) for c, s in part.items() if s is not None}
     dist.barrier()  # every case is in the cache before any rank trains
-    run.meta["training_geometry"] = training_geometry([summaries[c] for c in run.train_ids],
+    expected = run.target_ids if adapted else run.train_ids
+    run.meta["training_geometry"] = training_geometry([summaries[c] for c in expected],
                                                       spacing_unit=spacing_unit(cohort))
     kw = {"augment": cfg.augment, "fg_prob": cfg.fg_crop_prob}
     target = None
@@ -625,7 +631,8 @@ def _uuds_step_loss(run: _Run, fit: _Fit, ids: list[str], x: torch.Tensor, y: to
     a, b, g, lam = cfg.uuds_weights
     total = uuds_loss(dd_source=dd_s, dd_translated=dd_ts, contrast=contrast, pseudo=pseudo.mean(),
                       supervised=supervised, identity=identity, alpha=a, beta=b, gamma=g, lam=lam)
-    terms = {"pseudo_loss": pseudo.mean(), "dd_loss": dd_s + dd_ts, "contrast_loss": contrast,
+    terms = {"supervised_loss": supervised, "pseudo_loss": pseudo.mean(), "dd_loss": dd_s + dd_ts,
+             "contrast_loss": contrast,
              "identity_loss": identity}
     return total, {k: float(v.detach()) for k, v in terms.items()}
 
