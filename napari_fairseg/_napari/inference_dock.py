@@ -247,7 +247,7 @@ class InferenceDock(JobDock):
         """Adapt the selected model to the target cohort, then compare on a target case."""
         from ..data.readers import open_cohort
         from ..models.zoo import resolve_checkpoint
-        from ..training.adapt import adapt_job, check_pair
+        from ..training.adapt import adapt_job, check_pair, same_cohort
 
         found = current_case(self.viewer)
         if found is None:
@@ -259,6 +259,10 @@ class InferenceDock(JobDock):
         try:
             source = cohort_of(found[0])
             target = open_cohort(self.target_path.text().strip())
+            if same_cohort(source, target):
+                show_error(f"The open case {found[0]['case_id']} belongs to {target.name!r}, the cohort typed as the "
+                           "target: open a case of the labelled source cohort (Cohort dock), or type another target")
+                return
             check_pair(source, target)
             init = str(resolve_checkpoint(self._model_ref()))
             config = TrainConfig(epochs=self.adapt_epochs.value(), lr=1e-3, device=self.device_combo.currentText())

@@ -40,7 +40,8 @@ from .trainer import TrainConfig, TrainResult, model_config_for, train_job
 TARGET_SPLIT = "pool"
 
 
-def _same_cohort(source: Cohort, target: Cohort) -> bool:
+def same_cohort(source: Cohort, target: Cohort) -> bool:
+    """Whether ``target`` is ``source`` again: the same file, or all its case ids in ``source``."""
     if source.source is not None and target.source is not None:
         if Path(source.source).resolve() == Path(target.source).resolve():
             return True
@@ -56,7 +57,7 @@ def check_pair(source: Cohort, target: Cohort) -> None:
         The same cohort twice (or shared case ids), different image dimensionality or channel
         counts, or a source without labelled training cases.
     """
-    if _same_cohort(source, target):
+    if same_cohort(source, target):
         raise InputDataError(target.source, f"source and target are the same cohort ({source.name!r}): adaptation "
                              "needs a second, unlabelled cohort from the target domain")
     shared = sorted(set(source.case_ids) & set(target.case_ids))

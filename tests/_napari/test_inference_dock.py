@@ -149,7 +149,8 @@ def test_a_scan_opened_on_its_own_runs_and_cancel_says_so(make_napari_viewer, qt
     assert "cancelled" in dock.status.text() and "mutual information" not in " ".join(la.name for la in viewer.layers)
 
 
-def test_inference_dock_adapts_to_a_target_cohort_and_compares(make_napari_viewer, qtbot, open_dock, shot, tmp_path):
+def test_inference_dock_adapts_to_a_target_cohort_and_compares(make_napari_viewer, qtbot, open_dock, shot, tmp_path,
+                                                                monkeypatch):
     """Seed 002 from the dock: source cohort open, a source model selected, a target folder typed;
     Adapt runs in the background and shows source-only and adapted predictions side by side."""
     from napari_fairseg._napari.inference_dock import FILE
@@ -189,4 +190,9 @@ def test_inference_dock_adapts_to_a_target_cohort_and_compares(make_napari_viewe
     assert load_checkpoint(out).config.extra["uuds"]["target"] == target.name
     assert "source only (left) and adapted (right)" in dock.status.text()
     assert "(target contrast inverted first)" in dock.status.text()
+    # the open case is now the target's comparison case: adapting again says what to open
+    errors = []
+    monkeypatch.setattr("napari_fairseg._napari.inference_dock.show_error", errors.append)
+    qtbot.mouseClick(dock.adapt_button, Qt.MouseButton.LeftButton)
+    assert not dock.runner.busy and "belongs to" in errors[-1] and "the cohort typed as the target" in errors[-1]
     shot(viewer, "inference_dock_adapt")
