@@ -35,7 +35,14 @@ downloaded here, and the issue makes a local CLIP optional — it is not impleme
   added to the segmenter's, with a learnable gate that starts at 0: an adapted model starts as
   its source model.
 
-``forward(x)`` is inference: segmenter(translate(x)) + gate · prompt logits, ``(B, K, *S)``.
+A **target pre-map** (ours), ``gain · x + offset`` per channel held in the ``target_map``
+buffer, comes before the translation of target images: the identity, or an inversion that
+:func:`~napari_fairseg.training.adaptation.start_polarity` chooses before training (a smooth
+gain cannot learn to invert contrast by descent). It is part of the checkpoint; an adapted
+model is for the target's images, and :meth:`UUDSNet.on_source_images` turns the pre-map off
+for source images (validation on the source cohort).
+
+``forward(x)`` is inference: segmenter(translate(premap(x))) + gate · prompt logits, ``(B, K, *S)``.
 ``forward(x_source, target=x_target)`` returns every term seed 002's total loss needs.
 The configuration lives in ``ModelConfig.extra["uuds"]`` (:class:`UUDSOptions`), so a checkpoint
 of an adapted model rebuilds and predicts like any other.
