@@ -60,17 +60,25 @@ def case_job(cohort, model: str, case_id: str, settings: InferenceConfig, *, tag
 
 def compare_job(target, models: dict[str, str], case_id: str, settings: InferenceConfig):
     """Predict one target case with each of ``models`` (title → checkpoint) and lay the results
-    out side by side, each column over the case's image; returns the layer tuples."""
+    out side by side, each column over the case's image; returns the layer tuples and, when the
+    case has a label (read for this only), each model's mean Dice over the cohort's classes."""
+    from ..data.arrays import load_case
+    from ..metrics.overlap import overlap_metrics
+
     base = case_layers(target, case_id)[:1]
     affine = base[0][1]["metadata"]["fairseg"]["affine"]
-    columns, shape = {}, None
+    truth = load_case(target, case_id).label  # None for an unlabelled case
+    columns, shape, dice = {}, None, {}
     for title, model in models.items():
         result = yield from predict_cases_job(target, model, [case_id], settings=settings, keep=True)
         pred = result.predictions[case_id]
         top = float(max_entropy(result.checkpoint.config.head, len(result.checkpoint.config.label_values)))
         shape = pred.label.shape
         columns[title] = base + prediction_layers(pred, np.asarray(affine), case_id, {}, entropy_max=top)
-    return side_by_side(columns, np.asarray(affine), shape)
+        if truth is not None and truth.shape == pred.label.shape:
+            scores = overlap_metrics(pred.label[None], truth[None], target.classes)
+            dice[title] = float(np.mean([scores[f"dice_{c}"][0] for c in target.classes]))
+    return side_by_side(columns, np.asarray(affine), shape), dice
 
 
 class InferenceDock(JobDock):
@@ -281,9 +289,9 @@ class InferenceDock(JobDock):
             layers = yield from compare_job(target, {"source only": init, "adapted": str(out)}, case_id, settings)
             return layers
 
-        self.runner.start(job(), title="adapt", on_done=lambda layers: self._on_adapted(layers, out, target, case_id))
+        self.runner.start(job(), title="adapt", on_done=lambda done: self._on_adapted(*done, out, target, case_id))
 
-    def _on_adapted(self, layers, out: Path, target, case_id: str) -> None:
+    def _on_adapted(self, layers, dice: dict, out: Path, target, case_id: str) -> None:
         from ..models.checkpoint import load_checkpoint
 
         self.shown = show_layers(self.viewer, self.shown, layers)
@@ -292,8 +300,10 @@ class InferenceDock(JobDock):
         self.model_path.setText(str(out))
         start = load_checkpoint(out).meta.get("uuds_start", {})
         inverted = " (target contrast inverted first)" if any(g < 0 for g in start.get("gain", [])) else ""
+        scores = (f" Dice against its label (not used in adaptation): source only {dice['source only']:.3f}, "
+                  f"adapted {dice['adapted']:.3f}." if len(dice) == 2 else "")
         self.status.setText(f"Adapted to {target.name}{inverted}: {case_id} source only (left) and adapted (right), "
-                            f"with their entropy; checkpoint {out} selected")
+                            f"with their entropy.{scores} Checkpoint {out} selected")
 
     def _on_trained(self, result, out: Path) -> None:
         self.warning.hide()  # it spoke of the previous model

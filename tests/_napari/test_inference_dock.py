@@ -1,5 +1,6 @@
 """The Model & inference dock in a real napari window, opened from Plugins › FairSeg."""
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -190,6 +191,8 @@ def test_inference_dock_adapts_to_a_target_cohort_and_compares(make_napari_viewe
     assert load_checkpoint(out).config.extra["uuds"]["target"] == target.name
     assert "source only (left) and adapted (right)" in dock.status.text()
     assert "(target contrast inverted first)" in dock.status.text()
+    scores = re.search(r"source only (\d\.\d+), adapted (\d\.\d+)", dock.status.text())
+    assert scores and float(scores[2]) > float(scores[1]), dock.status.text()  # inverted: the source model fails
     # the open case is now the target's comparison case: adapting again says what to open
     errors = []
     monkeypatch.setattr("napari_fairseg._napari.inference_dock.show_error", errors.append)
