@@ -90,7 +90,8 @@ def test_adapt_cli_writes_a_checkpoint_that_predict_uses(tmp_path, domains, caps
     uuds = ckpt.config.extra["uuds"]
     assert (uuds["source"], uuds["target"]) == (source.name, target.name) and ckpt.meta["epoch"] == 2
     log = pd.read_csv(tmp_path / "ad.log.csv")
-    assert {"supervised_loss", "pseudo_loss", "dd_loss", "contrast_loss", "identity_loss", "val_dice"} <= set(log.columns)
+    assert {"supervised_loss", "pseudo_loss", "dd_loss", "dm_loss", "contrast_loss", "identity_loss",
+            "val_dice"} <= set(log.columns)
     code, err = _cli(capsys, "predict", target.source.parent, "--model", tmp_path / "ad.pt", "--out", tmp_path / "pred",
                      "--device", "cpu")
     assert code == 0, err
@@ -223,9 +224,14 @@ def test_an_inverted_target_starts_inverted_and_is_segmented(tmp_path, domains, 
     log = pd.read_csv(tmp_path / "inv.log.csv")
     assert log["val_dice"].iloc[-1] >= src.log["val_dice"].iloc[-1] - 0.05, (log, src.log)
     # the user can keep the contrast; fine-tuning an adapted model on labels alone is refused in one line
-    code, err = _cli(capsys, "adapt", source.source.parent, inverted.source.parent, "--from", src.checkpoint,
-                     "--out", tmp_path / "kept.pt", "--epochs", "1", "--polarity", "as-is", "--device", "cpu")
-    assert code == 0 and load_checkpoint(tmp_path / "kept.pt").meta["uuds_start"]["gain"] == [1.0], err
+    code = main(["adapt", str(source.source.parent), str(inverted.source.parent), "--from", str(src.checkpoint),
+                 "--out", str(tmp_path / "kept.pt"), "--epochs", "1", "--polarity", "as-is", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert code == 0 and load_checkpoint(tmp_path / "kept.pt").meta["uuds_start"]["gain"] == [1.0]
+    assert "target contrast kept as is: as --polarity as-is asked (channel 0: L_DM" in out, out
+    code, err = _cli(capsys, "adapt", source.source.parent, inverted.source.parent, "--resume", tmp_path / "kept.pt",
+                     "--out", tmp_path / "kept.pt", "--epochs", "2", "--device", "cpu")
+    assert code == 2 and "changed: uuds_polarity 'as-is' → 'auto'" in err and len(err.splitlines()) == 1, err
     code, err = _cli(capsys, "train", inverted.source.parent, "--init", tmp_path / "inv.pt", "--out",
                      tmp_path / "ft.pt", "--epochs", "1", "--device", "cpu")
     assert code == 2 and "target cases beside every batch" in err and len(err.splitlines()) == 1, err

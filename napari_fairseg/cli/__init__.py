@@ -248,14 +248,19 @@ def _cmd_adapt(args) -> int:
         print("note: the in-batch contrast (L_BSCL) was 0 in every epoch: each batch held only images with the "
               f"object (or only without). For it to act, {remedy}, or use larger batches")
     start = result.meta.get("uuds_start") or {}
-    flipped = [c for c, g in enumerate(start.get("gain", [])) if g < 0]
-    if flipped:
-        dm = start.get("distribution_loss", {})
-        why = ("as --polarity inverted asks" if dm.get("polarity") == "inverted" else "its inverted intensities "
-               "match the source's better: L_DM " + ", ".join(f"{dm['inverted'][c]} against {dm['as_is'][c]} as is"
-                                                              for c in flipped) + "; --polarity as-is keeps it")
-        print(f"target contrast inverted before translation (channel{'s' if len(flipped) > 1 else ''} "
-              f"{', '.join(map(str, flipped))}): {why}")
+    gains, dm = start.get("gain", []), start.get("distribution_loss", {})
+    flipped = [c for c, g in enumerate(gains) if g < 0]
+    if gains:
+        figures = "; ".join(f"channel {c}: L_DM {dm['as_is'][c]:.3f} as is, {dm['inverted'][c]:.3f} inverted"
+                            for c in range(len(gains))) if dm.get("as_is") else ""
+        if flipped:
+            how = ("as --polarity inverted asked" if dm.get("polarity") == "inverted"
+                   else "its inverted intensities match the source's far better; a new run with --polarity as-is keeps it")
+            print(f"target contrast inverted before translation (channel{'s' if len(flipped) > 1 else ''} "
+                  f"{', '.join(map(str, flipped))}): {how} ({figures})")
+        else:
+            how = "as --polarity as-is asked" if dm.get("polarity") == "as-is" else "inverting would not match better"
+            print(f"target contrast kept as is: {how} ({figures})")
     print(f"adapted {source.name} -> {target.name}: last epoch pseudo-label loss {last.get('pseudo_loss', float('nan')):.4f}, "
           f"identity {last.get('identity_loss', float('nan')):.4f} (validation is on the source: the target has no labels)")
     return 0

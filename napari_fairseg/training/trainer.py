@@ -61,6 +61,9 @@ from .adaptation import (
 from .losses import LOSSES, per_case_loss, pseudo_label_loss
 from .objectives import OBJECTIVES, Objective, make_objective
 
+#: TrainConfig fields a resumed run may change (they do not change what is trained)
+RESUME_MAY_CHANGE = ("epochs", "device", "amp", "workers", "cache")
+
 if TYPE_CHECKING:  # the data path imports MONAI's transforms (seconds): the stages import it when they run
     from . import data as streams
     from .data import Pipeline
@@ -214,7 +217,7 @@ class TrainConfig:
         """Whether two configs describe the same run, up to the number of epochs, the device and
         how cases are read (workers, cache folder: neither changes what is trained)."""
         a, b = asdict(self), asdict(other)
-        for k in ("epochs", "device", "amp", "workers", "cache"):
+        for k in RESUME_MAY_CHANGE:
             a.pop(k), b.pop(k)
         return a == b
 
@@ -412,8 +415,10 @@ def _resume_state(resume, config: TrainConfig) -> tuple[Checkpoint, dict, int, l
         raise InputDataError(resume, "checkpoint has no training state to resume from")
     stored = TrainConfig(**json.loads(ckpt.meta.get("train_config", "{}")))
     if not stored.same_run_as(config):
-        raise InputDataError(resume, "resume needs the settings of the interrupted run (only epochs and "
-                             "device may change)")
+        a, b = asdict(stored), asdict(config)
+        changed = [f"{k} {a[k]!r} → {b[k]!r}" for k in a if a[k] != b[k] and k not in RESUME_MAY_CHANGE]
+        raise InputDataError(resume, "resume needs the settings of the interrupted run (only epochs and device may "
+                             f"change); changed: {', '.join(changed)}")
     return ckpt, ckpt.train_state, int(ckpt.train_state["epoch"]), json.loads(ckpt.meta.get("log", "[]"))
 
 
@@ -613,7 +618,7 @@ def _uuds_step_loss(run: _Run, fit: _Fit, ids: list[str], x: torch.Tensor, y: to
     pseudo, _kept = pseudo_label_loss(out["target_logits"], head=mc.head, chi=chi)
     zero = supervised.new_zeros(())
     dd_s = dd_ts = contrast = zero
-    if cfg.uuds_translation == "match":
+    if cfg.uuds_translation == "match":  # L_DM in Eq. 2's place (see TrainConfig.uuds_translation)
         dd_ts = distribution_loss(out["translated"].float(), x.to(device).float())
     if out["prompt"] is not None:
         n = min(len(out["g_source"]), len(out["g_target"]))
@@ -631,8 +636,9 @@ def _uuds_step_loss(run: _Run, fit: _Fit, ids: list[str], x: torch.Tensor, y: to
     a, b, g, lam = cfg.uuds_weights
     total = uuds_loss(dd_source=dd_s, dd_translated=dd_ts, contrast=contrast, pseudo=pseudo.mean(),
                       supervised=supervised, identity=identity, alpha=a, beta=b, gamma=g, lam=lam)
-    terms = {"supervised_loss": supervised, "pseudo_loss": pseudo.mean(), "dd_loss": dd_s + dd_ts,
-             "contrast_loss": contrast,
+    eq2 = cfg.uuds_translation == "prompt"
+    terms = {"supervised_loss": supervised, "pseudo_loss": pseudo.mean(), "dd_loss": dd_s + dd_ts if eq2 else dd_s,
+             "dm_loss": zero if eq2 else dd_ts, "contrast_loss": contrast,
              "identity_loss": identity}
     return total, {k: float(v.detach()) for k, v in terms.items()}
 
