@@ -285,20 +285,18 @@ class InferenceDock(JobDock):
         self.status.setText(f"Adapting {source.name} → {target.name} for {config.epochs} epochs → {out}…")
 
         def job():
-            yield from adapt_job(source, target, config, init=init, out=out)
-            layers = yield from compare_job(target, {"source only": init, "adapted": str(out)}, case_id, settings)
-            return layers
+            adapted = yield from adapt_job(source, target, config, init=init, out=out)
+            layers, dice = yield from compare_job(target, {"source only": init, "adapted": str(out)}, case_id,
+                                                  settings)
+            return layers, dice, adapted.meta.get("uuds_start", {})
 
         self.runner.start(job(), title="adapt", on_done=lambda done: self._on_adapted(*done, out, target, case_id))
 
-    def _on_adapted(self, layers, dice: dict, out: Path, target, case_id: str) -> None:
-        from ..models.checkpoint import load_checkpoint
-
+    def _on_adapted(self, layers, dice: dict, start: dict, out: Path, target, case_id: str) -> None:
         self.shown = show_layers(self.viewer, self.shown, layers)
         self.viewer.reset_view()
         self.model_combo.setCurrentText(FILE)
         self.model_path.setText(str(out))
-        start = load_checkpoint(out).meta.get("uuds_start", {})
         inverted = " (target contrast inverted first)" if any(g < 0 for g in start.get("gain", [])) else ""
         scores = (f" Dice against its label (not used in adaptation): source only {dice['source only']:.3f}, "
                   f"adapted {dice['adapted']:.3f}." if len(dice) == 2 else "")

@@ -617,9 +617,9 @@ def _uuds_step_loss(run: _Run, fit: _Fit, ids: list[str], x: torch.Tensor, y: to
     chi = cfg.chi if cfg.uncertainty_mask else float("inf")
     pseudo, _kept = pseudo_label_loss(out["target_logits"], head=mc.head, chi=chi)
     zero = supervised.new_zeros(())
-    dd_s = dd_ts = contrast = zero
+    dd_s = dd_ts = dm = contrast = zero
     if cfg.uuds_translation == "match":  # L_DM in Eq. 2's place (see TrainConfig.uuds_translation)
-        dd_ts = distribution_loss(out["translated"].float(), x.to(device).float())
+        dm = distribution_loss(out["translated"].float(), x.to(device).float())
     if out["prompt"] is not None:
         n = min(len(out["g_source"]), len(out["g_target"]))
         g_t = out["g_target"][:n].float()
@@ -634,12 +634,10 @@ def _uuds_step_loss(run: _Run, fit: _Fit, ids: list[str], x: torch.Tensor, y: to
         contrast = batch_contrastive_loss(out["z"].float(), has_object, tau=cfg.tau)
     identity = identity_loss(out["reconstruction"].float(), x.to(device).float())
     a, b, g, lam = cfg.uuds_weights
-    total = uuds_loss(dd_source=dd_s, dd_translated=dd_ts, contrast=contrast, pseudo=pseudo.mean(),
+    total = uuds_loss(dd_source=dd_s, dd_translated=dd_ts + dm, contrast=contrast, pseudo=pseudo.mean(),
                       supervised=supervised, identity=identity, alpha=a, beta=b, gamma=g, lam=lam)
-    eq2 = cfg.uuds_translation == "prompt"
-    terms = {"supervised_loss": supervised, "pseudo_loss": pseudo.mean(), "dd_loss": dd_s + dd_ts if eq2 else dd_s,
-             "dm_loss": zero if eq2 else dd_ts, "contrast_loss": contrast,
-             "identity_loss": identity}
+    terms = {"supervised_loss": supervised, "pseudo_loss": pseudo.mean(), "dd_loss": dd_s + dd_ts, "dm_loss": dm,
+             "contrast_loss": contrast, "identity_loss": identity}
     return total, {k: float(v.detach()) for k, v in terms.items()}
 
 
